@@ -1,0 +1,133 @@
+"""Export the degradation network to TorchScript for Triton's `iqa_resnet50` model.
+
+    python -m conversion.export [--weights training/weights/iqa_resnet50.fp16.pt]
+
+Traces on CPU in fp32 with torch.jit.trace, then checks the traced module
+against the eager one on random patches (several batch sizes) and on real
+photos; a module that differs by more than 1e-5 anywhere is not written.
+
+Target runtime: the file is traced with torch 2.14.1. TorchScript loads in a
+libtorch at least as new as the one that wrote it (PyTorch promises backward
+compatibility only), so the NGC image to serve it is `tritonserver:26.09-py3`
+(Triton 2.73.0, libtorch 2.14.0a0), the first release built on the 2.14 line;
+the module uses only long-stable operators (conv, batch norm, relu, add, mean,
+sigmoid, reshapes). docker/ pins that release.
+
+Without trained weights it exports a seeded random initialisation and records
+that in the file (extra file `iqa.json`), so the launcher can warn that the
+scores mean nothing yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from iqa.contract import PATCH_SHAPE, SCORE_NAMES
+from iqa.network import build_model
+from iqa.preprocess import preprocess
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_WEIGHTS = REPO / "training" / "weights" / "iqa_resnet50.fp16.pt"
+DEFAULT_OUTPUT = REPO / "model_repository" / "iqa_resnet50" / "1" / "model.pt"
+DEFAULT_CHECK_IMAGES = REPO / "tests" / "data"
+METADATA_FILE = "iqa.json"
+TOLERANCE = 1e-5
+CHECK_BATCH_SIZES = (1, 3, 8)
+
+log = logging.getLogger("iqa.export")
+
+
+class ExportMismatch(RuntimeError):
+    """The traced module does not reproduce the eager one."""
+
+
+def trace(model: torch.nn.Module) -> torch.jit.ScriptModule:
+    example = torch.randint(0, 256, (2, *PATCH_SHAPE), dtype=torch.uint8)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # "TorchScript is deprecated": the NGC backend still loads it
+        return torch.jit.trace(model, example, check_trace=False)
+
+
+def check_inputs(image_dir: Path) -> list[tuple[str, torch.Tensor]]:
+    """The batches traced and eager must agree on: random patches of several batch sizes, and real photos."""
+    generator = torch.Generator().manual_seed(1234)
+    cases = [
+        (f"random batch of {n}", torch.randint(0, 256, (n, *PATCH_SHAPE), dtype=torch.uint8, generator=generator))
+        for n in CHECK_BATCH_SIZES
+    ]
+    photos = sorted(p for p in image_dir.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
+    if not photos:
+        raise FileNotFoundError(f"no photos in {image_dir} to check the export on")
+    real = torch.from_numpy(np.stack([preprocess(p.read_bytes()) for p in photos]))
+    cases.append((f"{len(photos)} photos from {image_dir.name}/", real))
+    return cases
+
+
+def max_difference(eager: torch.nn.Module, traced: torch.jit.ScriptModule, batch: torch.Tensor) -> float:
+    with torch.inference_mode():
+        expected, got = eager(batch), traced(batch)
+    return max((e - g).abs().max().item() for e, g in zip(expected, got))
+
+
+def export(weights: Path | None, output: Path, image_dir: Path = DEFAULT_CHECK_IMAGES, seed: int = 0) -> dict:
+    model = build_model(str(weights) if weights else None, seed=seed)
+    traced = trace(model)
+    for name, batch in check_inputs(image_dir):
+        diff = max_difference(model, traced, batch)
+        log.info("traced vs eager on %s: max |diff| = %.2e", name, diff)
+        if not diff <= TOLERANCE:  # also catches NaN
+            raise ExportMismatch(f"traced module differs from eager on {name}: {diff:.3e} > {TOLERANCE}")
+
+    metadata = {
+        "trained": weights is not None,
+        "weights": str(weights.relative_to(REPO) if weights.is_relative_to(REPO) else weights) if weights else None,
+        "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest() if weights else None,
+        "random_init_seed": None if weights else seed,
+        "torch": torch.__version__,
+        "input_shape": ["batch", *PATCH_SHAPE],
+        "outputs": list(SCORE_NAMES),
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_suffix(".pt.partial")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(traced, str(partial), _extra_files={METADATA_FILE: json.dumps(metadata)})
+    partial.replace(output)  # never leave a half-written model.pt for the server
+    return metadata
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--weights", type=Path, default=None,
+                        help=f"fp16/fp32 state dict (default: {DEFAULT_WEIGHTS.relative_to(REPO)} if present)")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--check-images", type=Path, default=DEFAULT_CHECK_IMAGES,
+                        help="folder of photos the traced module must reproduce eager scores on")
+    parser.add_argument("--seed", type=int, default=0, help="random initialisation seed when there are no weights")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    weights = args.weights or (DEFAULT_WEIGHTS if DEFAULT_WEIGHTS.exists() else None)
+    if weights is None:
+        log.warning("no trained weights (%s): exporting a RANDOM initialisation (seed %d); "
+                    "its scores are NOT meaningful", DEFAULT_WEIGHTS.relative_to(REPO), args.seed)
+    try:
+        metadata = export(weights, args.output, args.check_images, args.seed)
+    except ExportMismatch as err:
+        log.error("refusing to write %s: %s", args.output, err)
+        return 1
+    log.info("wrote %s (%s)", args.output, "trained weights" if metadata["trained"] else "UNTRAINED random init")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Image degradation scoring: noise, blur and compression strength in [0, 1]."""

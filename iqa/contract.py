@@ -1,0 +1,43 @@
+"""The constants that tie the stages of the data path together.
+
+bytes -> decode -> sample patches -> network -> scores
+
+Every stage (the preprocess model, the export, training, evaluation, the
+client) imports these instead of repeating them. This module imports nothing
+heavy so that a client can use it without torch.
+"""
+
+# --- scores -------------------------------------------------------------------
+# Order matters: it is the seed ModelScope pipeline's order and the order of the
+# network's output channels.
+SCORE_NAMES = ("NOISE", "BLUR", "COMPRESSION")
+MODELSCOPE_LABELS = ("噪声强度", "模糊程度", "压缩强度")
+SCORE_RANGE = (0.0, 1.0)
+
+# --- Triton names -------------------------------------------------------------
+ENSEMBLE_MODEL = "iqa_degradation"
+PREPROCESS_MODEL = "iqa_preprocess"
+NETWORK_MODEL = "iqa_resnet50"
+
+IMAGE_INPUT = "IMAGE"  # BYTES, dims [1]: one encoded image per batch row
+PATCHES = "PATCHES"  # preprocess output, UINT8 [PATCHES_PER_IMAGE, 3, PATCH_SIZE, PATCH_SIZE]
+# The libtorch backend binds tensors by position: "<name>__<index>".
+NETWORK_INPUT = "PATCHES__0"
+NETWORK_OUTPUTS = tuple(f"{name}__{i}" for i, name in enumerate(SCORE_NAMES))
+
+# --- patch geometry -----------------------------------------------------------
+# Degradations live at the pixel level (noise grain, 8x8 JPEG blocks, edge
+# width), so patches are cut at native resolution, never from a downscaled
+# picture. A fixed number of fixed-size patches gives every image the same
+# tensor shape, so requests from different images batch together.
+PATCH_SIZE = 128
+PATCH_GRID = (2, 2)  # rows x columns of patch positions spread over the image
+PATCHES_PER_IMAGE = PATCH_GRID[0] * PATCH_GRID[1]
+CHANNELS = 3
+PATCH_SHAPE = (PATCHES_PER_IMAGE, CHANNELS, PATCH_SIZE, PATCH_SIZE)
+PATCH_DTYPE = "uint8"  # values 0..255; the network scales them to [0, 1] itself
+
+# --- input guards ---------------------------------------------------------------
+MAX_IMAGE_BYTES = 32 * 1024 * 1024  # encoded size
+MAX_IMAGE_PIXELS = 64_000_000  # decoded width * height (decompression bombs)
+MIN_IMAGE_SIDE = 32  # below this there is no texture to judge

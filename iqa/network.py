@@ -1,0 +1,69 @@
+"""The degradation network: torchvision's ResNet50 trunk plus one small head per score.
+
+Input is what the preprocess model emits: uint8 patches [B, K, 3, P, P] cut at
+native resolution (see iqa.contract). Scaling to [0, 1], normalisation and the
+pooling of the K patch scores into one score per image happen inside the
+module, so the exported TorchScript takes the preprocess output as it is.
+
+Compared with the seed model (six heads of Conv3x3 2048->1024->256->64->1, ~21 M
+parameters each), the heads here are 1x1 convolutions (~0.5 M parameters each):
+a degradation score is a spatial average of local evidence, which the trunk
+already extracts.
+"""
+
+from __future__ import annotations
+
+import torch
+import torchvision
+from torch import nn
+
+from iqa.contract import PATCHES_PER_IMAGE, SCORE_NAMES
+
+# Channel statistics of natural photos in [0, 1] (ImageNet's): centring the input
+# keeps the from-scratch trunk's activations in a sane range from step one.
+_MEAN = (0.485, 0.456, 0.406)
+_STD = (0.229, 0.224, 0.225)
+
+
+class DegradationNet(nn.Module):
+    def __init__(self, head_width: int = 256) -> None:
+        super().__init__()
+        resnet = torchvision.models.resnet50(weights=None)
+        # Everything up to the last residual stage: a 2048-channel map at stride 32.
+        self.trunk = nn.Sequential(*list(resnet.children())[:-2])
+        self.heads = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv2d(2048, head_width, kernel_size=1),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(head_width, 1, kernel_size=1),
+            )
+            for _ in SCORE_NAMES
+        )
+        self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
+
+    def patch_logits(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Float patches [N, 3, P, P] in [0, 1] -> one logit per score [N, len(SCORE_NAMES)].
+
+        Training works on this (patch level); serving pools it over each image's patches.
+        """
+        features = self.trunk((pixels - self.mean) / self.std)
+        return torch.cat([head(features).mean(dim=(2, 3)) for head in self.heads], dim=1)
+
+    def forward(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """uint8 patches [B, K, 3, P, P] -> (noise, blur, compression), each [B, 1] in [0, 1]."""
+        pixels = patches.flatten(0, 1).to(self.mean.dtype) / 255.0
+        logits = self.patch_logits(pixels).unflatten(0, (-1, PATCHES_PER_IMAGE))
+        scores = torch.sigmoid(logits.mean(dim=1))  # pool the image's patches, then squash
+        noise, blur, compression = scores.split(1, dim=1)
+        return noise, blur, compression
+
+
+def build_model(weights_path: str | None = None, seed: int = 0) -> DegradationNet:
+    """The network in eval mode: trained weights if given, else a seeded random initialisation."""
+    torch.manual_seed(seed)
+    model = DegradationNet()
+    if weights_path is not None:
+        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+        model.load_state_dict({k: v.float() for k, v in state.items()})
+    return model.eval()

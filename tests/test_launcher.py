@@ -1,0 +1,57 @@
+"""The local launcher's own decisions, checked without starting a server."""
+
+import socket
+
+import pytest
+
+from iqa.serving import launcher
+from iqa.serving.launcher import LaunchError, Ports, TritonServer
+
+
+def test_a_taken_port_is_reported_by_number_and_name(tmp_path):
+    with socket.socket() as holder:
+        holder.bind(("0.0.0.0", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        server = TritonServer(ports=Ports(http=taken, grpc=taken + 1, metrics=taken + 2), run_dir=tmp_path)
+        with pytest.raises(LaunchError, match=rf"port {taken} \(HTTP\) is already in use"):
+            server.start()
+    assert server.process is None
+
+
+def test_a_missing_binary_is_reported_with_what_to_do(tmp_path):
+    with pytest.raises(LaunchError, match="not found or not executable"):
+        launcher.find_tritonserver(tmp_path / "no-such-tritonserver")
+
+
+def test_the_wheel_server_is_found_by_default():
+    assert launcher.find_tritonserver().name == "tritonserver"
+
+
+def test_without_libtorch_or_gpu_the_network_runs_in_the_python_runner(tmp_path):
+    repository, changes = launcher.prepare_repository(launcher.DEFAULT_REPOSITORY, tmp_path, libtorch=False, gpus=0)
+    network = (repository / "iqa_resnet50" / "config.pbtxt").read_text()
+    assert 'backend: "python"' in network and "KIND_CPU" in network and "KIND_GPU" not in network
+    assert "iqa.serving.torchscript_model" in (repository / "iqa_resnet50" / "1" / "model.py").read_text()
+    assert any("Python-backend TorchScript runner" in c for c in changes)
+    # the committed repository itself is untouched: it stays the production (libtorch, GPU) one
+    committed = (launcher.DEFAULT_REPOSITORY / "iqa_resnet50" / "config.pbtxt").read_text()
+    assert 'backend: "pytorch_libtorch"' in committed and "KIND_GPU" in committed
+
+
+def test_with_libtorch_and_a_gpu_the_repository_is_served_as_committed(tmp_path):
+    repository, changes = launcher.prepare_repository(launcher.DEFAULT_REPOSITORY, tmp_path, libtorch=True, gpus=1)
+    for model in launcher.MODELS:
+        served = (repository / model / "config.pbtxt").read_text()
+        assert served == (launcher.DEFAULT_REPOSITORY / model / "config.pbtxt").read_text()
+    assert changes == []
+    assert not (repository / "iqa_resnet50" / "1" / "model.py").exists()
+
+
+def test_a_repository_without_model_pt_asks_for_the_export(tmp_path):
+    source = tmp_path / "repo"
+    for model in launcher.MODELS:
+        (source / model / "1").mkdir(parents=True)
+        (source / model / "config.pbtxt").write_text("")
+    with pytest.raises(LaunchError, match="make export"):
+        launcher.prepare_repository(source, tmp_path / "run", libtorch=False, gpus=0)

@@ -1,0 +1,79 @@
+"""Decoding and patch sampling in-process (the same code the iqa_preprocess model runs)."""
+
+import numpy as np
+import pytest
+
+from iqa.contract import MAX_IMAGE_BYTES, PATCH_GRID, PATCH_SHAPE, PATCH_SIZE
+from iqa.preprocess import ImageError, decode, preprocess, sample_patches
+from tests import odd_images
+from tests.odd_images import CASES, encode, photo
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_each_odd_input_gets_patches_or_a_named_error(case):
+    make, error = CASES[case]
+    if error is None:
+        patches = preprocess(make())
+        assert patches.shape == PATCH_SHAPE and patches.dtype == np.uint8
+    else:
+        with pytest.raises(ImageError, match=error):
+            preprocess(make())
+
+
+def test_exif_orientation_is_applied():
+    upright, rotated = odd_images.exif_rotated_png()
+    assert decode(rotated).shape == decode(upright).shape
+    np.testing.assert_array_equal(decode(rotated), decode(upright))
+
+
+def test_transparency_is_composited_over_white():
+    rgb = decode(odd_images.png_with_alpha())
+    assert (rgb[:, 0] == 255).all()  # alpha 0 in the first column
+    np.testing.assert_allclose(rgb[:, -1], np.asarray(photo())[:, -1], atol=1)  # alpha 255 in the last
+
+
+def test_16bit_grey_keeps_its_top_8_bits():
+    expected = np.asarray(photo().convert("L"))
+    np.testing.assert_array_equal(decode(odd_images.png_16bit())[:, :, 0], expected)
+
+
+def test_cmyk_jpeg_comes_back_as_the_rgb_picture():
+    rgb = decode(encode(photo().convert("CMYK"), "JPEG", quality=95)).astype(float)
+    assert np.abs(rgb - np.asarray(photo(), dtype=float)).mean() < 8
+
+
+def test_animated_gif_uses_its_first_frame():
+    first = encode(photo().convert("P"), "GIF")
+    np.testing.assert_array_equal(decode(odd_images.animated_gif()), decode(first))
+
+
+def test_patches_are_native_resolution_crops_spread_over_the_frame():
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, size=(2000, 3000, 3), dtype=np.uint8)
+    patches = sample_patches(rgb)
+    rows, cols = PATCH_GRID
+    for index, patch in enumerate(patches):
+        row, col = divmod(index, cols)
+        top = round((row + 0.5) * 2000 / rows - PATCH_SIZE / 2)
+        left = round((col + 0.5) * 3000 / cols - PATCH_SIZE / 2)
+        np.testing.assert_array_equal(patch, rgb[top : top + PATCH_SIZE, left : left + PATCH_SIZE].transpose(2, 0, 1))
+
+
+def test_small_images_are_mirrored_out_to_the_patch_size():
+    rgb = np.asarray(photo())[:50, :60]
+    patches = sample_patches(rgb)
+    assert patches.shape == PATCH_SHAPE
+    # the original pixels sit in the middle of every patch, untouched
+    top, left = (PATCH_SIZE - 50) // 2, (PATCH_SIZE - 60) // 2
+    np.testing.assert_array_equal(patches[0][:, top : top + 50, left : left + 60], rgb.transpose(2, 0, 1))
+
+
+def test_oversized_payload_is_refused_before_decoding():
+    with pytest.raises(ImageError, match=f"limit of {MAX_IMAGE_BYTES} bytes"):
+        decode(b"\xff\xd8" + bytes(MAX_IMAGE_BYTES))
+
+
+def test_formats_outside_the_contract_are_refused():
+    with pytest.raises(ImageError, match="not a recognised image"):
+        decode(encode(photo(), "PPM"))
+
