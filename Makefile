@@ -32,7 +32,7 @@ test: $(MODEL)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(MODEL)
-	$(PY) -m iqa.serving.bench
+	$(PY) -m loadtest.bench $(BENCH_ARGS)
 
 clean:
 	rm -rf .run $(MODEL) .pytest_cache

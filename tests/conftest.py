@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -13,21 +12,10 @@ import torch
 from iqa.contract import SCORE_NAMES
 from iqa.network import build_model
 from iqa.preprocess import preprocess
-from iqa.serving.launcher import REPO, Ports, TritonServer, read_model_metadata
+from iqa.serving.launcher import REPO, Ports, TritonServer, free_ports, read_model_metadata
 
 DATA = Path(__file__).parent / "data"
 MODEL_PT = REPO / "model_repository" / "iqa_resnet50" / "1" / "model.pt"
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 @pytest.fixture(scope="session")

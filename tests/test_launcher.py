@@ -1,6 +1,10 @@
 """The local launcher's own decisions, checked without starting a server."""
 
 import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -55,3 +59,35 @@ def test_a_repository_without_model_pt_asks_for_the_export(tmp_path):
         (source / model / "config.pbtxt").write_text("")
     with pytest.raises(LaunchError, match="make export"):
         launcher.prepare_repository(source, tmp_path / "run", libtorch=False, gpus=0)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_a_killed_launcher_takes_its_server_down(tmp_path):
+    program = (
+        "import time\n"
+        "from pathlib import Path\n"
+        "from iqa.serving.launcher import Ports, TritonServer, free_ports\n"
+        f"server = TritonServer(ports=Ports(*free_ports(3)), run_dir=Path({str(tmp_path)!r}),\n"
+        f"                      log_file=Path({str(tmp_path / 'log')!r}), exit_timeout_s=5).start()\n"
+        "print(server.process.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE, text=True)
+    try:
+        server_pid = int(parent.stdout.readline())
+        time.sleep(2)
+        assert _alive(server_pid)
+    finally:
+        parent.kill()  # SIGKILL: no handler in the parent gets to run
+        parent.wait()
+    deadline = time.monotonic() + 60
+    while _alive(server_pid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _alive(server_pid), "tritonserver outlived the process that started it"

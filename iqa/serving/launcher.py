@@ -34,6 +34,7 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from iqa.contract import ENSEMBLE_MODEL, NETWORK_MODEL, PREPROCESS_MODEL
 
@@ -149,8 +150,13 @@ from iqa.serving.torchscript_model import TritonPythonModel  # noqa: F401
 '''
 
 
-def prepare_repository(source: Path, run_dir: Path, *, libtorch: bool, gpus: int) -> tuple[Path, list[str]]:
-    """Link the repository into run_dir and adapt its configs to this machine; returns (path, changes made)."""
+def prepare_repository(source: Path, run_dir: Path, *, libtorch: bool, gpus: int,
+                       edit: Callable[[str, str], str] | None = None) -> tuple[Path, list[str]]:
+    """Link the repository into run_dir and adapt its configs to this machine; returns (path, changes made).
+
+    `edit(model, config_text) -> config_text`, if given, is applied last (benchmarks use it to
+    compare batching settings without touching the committed configs).
+    """
     missing = [m for m in MODELS if not (source / m / "config.pbtxt").is_file()]
     if missing:
         raise LaunchError(f"{source} lacks the models {missing}")
@@ -174,6 +180,9 @@ def prepare_repository(source: Path, run_dir: Path, *, libtorch: bool, gpus: int
         if gpus == 0 and "KIND_GPU" in config:
             config = config.replace("KIND_GPU", "KIND_CPU")
             changes.append(f"{model}: no GPU on this machine, KIND_GPU -> KIND_CPU")
+        if edit is not None and (edited := edit(model, config)) != config:
+            config = edited
+            changes.append(f"{model}: config edited for this run")
         config_path.unlink()
         config_path.write_text(config)
     return target, changes
@@ -190,6 +199,18 @@ def read_model_metadata(model_pt: Path) -> dict:
             if name.endswith("/extra/iqa.json"):
                 return json.loads(archive.read(name))
     return {}
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the kernel reports free right now (for tests and benchmarks that must not clash)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def check_ports_free(ports: Ports) -> None:
@@ -224,6 +245,7 @@ class TritonServer:
     log_verbose: int = 0
     log_file: Path | None = None  # server output; None: inherit this process's stdout/stderr
     extra_args: list[str] = field(default_factory=list)
+    config_edit: Callable[[str, str], str] | None = None  # see prepare_repository
     process: subprocess.Popen | None = None
 
     @property
@@ -240,7 +262,8 @@ class TritonServer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         backends = prepare_backends(binary, self.run_dir)
         libtorch = (backends / "pytorch").is_dir()
-        repository, changes = prepare_repository(self.repository, self.run_dir, libtorch=libtorch, gpus=gpu_count())
+        repository, changes = prepare_repository(self.repository, self.run_dir, libtorch=libtorch, gpus=gpu_count(),
+                                                  edit=self.config_edit)
         for change in changes:
             log.info("%s", change)
         self._warn_if_untrained(self.repository / NETWORK_MODEL / "1" / "model.pt")
@@ -278,8 +301,9 @@ class TritonServer:
         log.info("starting %s", " ".join(args))
         output = open(self.log_file, "ab") if self.log_file else None
         try:
+            # Own session: a Ctrl-C in the terminal reaches the launcher, which drains the server itself.
             self.process = subprocess.Popen(args, env=env, stdout=output, stderr=subprocess.STDOUT if output else None,
-                                            start_new_session=True)
+                                            start_new_session=True, preexec_fn=_terminate_with_parent)
         finally:
             if output:
                 output.close()
@@ -326,6 +350,15 @@ class TritonServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _terminate_with_parent() -> None:
+    """In the child before exec: SIGTERM the server if its parent dies, so no server outlives
+    a killed launcher, test run or benchmark (Linux prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _answers_200(url: str) -> bool:
