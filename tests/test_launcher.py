@@ -91,3 +91,12 @@ def test_a_killed_launcher_takes_its_server_down(tmp_path):
     while _alive(server_pid) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not _alive(server_pid), "tritonserver outlived the process that started it"
+
+
+def test_the_start_up_log_says_plainly_when_the_model_is_untrained(tmp_path, caplog):
+    server = TritonServer(run_dir=tmp_path)
+    with caplog.at_level("WARNING", logger="iqa.launcher"):
+        server.command()  # everything start() does before launching the process
+    trained = launcher.read_model_metadata(launcher.DEFAULT_REPOSITORY / "iqa_resnet50" / "1" / "model.pt")["trained"]
+    assert server.trained is trained
+    assert ("scores it serves are NOT meaningful" in caplog.text) is (not trained)

@@ -247,6 +247,7 @@ class TritonServer:
     extra_args: list[str] = field(default_factory=list)
     config_edit: Callable[[str, str], str] | None = None  # see prepare_repository
     process: subprocess.Popen | None = None
+    trained: bool = False  # set at start from the record inside model.pt
 
     @property
     def grpc_url(self) -> str:
@@ -266,7 +267,7 @@ class TritonServer:
                                                   edit=self.config_edit)
         for change in changes:
             log.info("%s", change)
-        self._warn_if_untrained(self.repository / NETWORK_MODEL / "1" / "model.pt")
+        self.trained = self._warn_if_untrained(self.repository / NETWORK_MODEL / "1" / "model.pt")
         args = [
             str(binary),
             f"--model-repository={repository}",
@@ -285,7 +286,7 @@ class TritonServer:
         return args, server_environment(binary)
 
     @staticmethod
-    def _warn_if_untrained(model_pt: Path) -> None:
+    def _warn_if_untrained(model_pt: Path) -> bool:
         metadata = read_model_metadata(model_pt)
         if not metadata.get("trained"):
             log.warning("*** %s was exported from a RANDOM initialisation (no trained weights): "
@@ -294,6 +295,7 @@ class TritonServer:
         else:
             log.info("serving trained weights %s (sha256 %s)", metadata.get("weights"),
                      (metadata.get("weights_sha256") or "?")[:12])
+        return bool(metadata.get("trained"))
 
     def start(self) -> TritonServer:
         check_ports_free(self.ports)
@@ -419,8 +421,9 @@ def main(argv: list[str] | None = None) -> int:
         server.wait_ready()
         if args.sample:
             scores = score_sample(server.grpc_url, args.sample)
-            log.info("%s scored through %s over gRPC: %s", args.sample, ENSEMBLE_MODEL,
-                     "  ".join(f"{k}={v:.4f}" for k, v in scores.items()))
+            log.info("%s scored through %s over gRPC: %s%s", args.sample, ENSEMBLE_MODEL,
+                     "  ".join(f"{k}={v:.4f}" for k, v in scores.items()),
+                     "" if server.trained else "  (UNTRAINED model: these numbers mean nothing yet)")
         log.info("serving until Ctrl-C")
         code = server.process.wait()
         log.error("tritonserver exited on its own with code %s", code)

@@ -1,0 +1,61 @@
+"""The committed model repository agrees with iqa/contract.py and is the production (GPU) one.
+
+config.pbtxt files cannot import the contract, so this is where a drift between them fails.
+"""
+
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as pb
+
+from iqa import contract
+from iqa.serving.launcher import DEFAULT_REPOSITORY, MODELS
+
+UINT8, FP32, BYTES = pb.DataType.TYPE_UINT8, pb.DataType.TYPE_FP32, pb.DataType.TYPE_STRING
+
+
+@pytest.fixture(scope="module")
+def configs() -> dict[str, pb.ModelConfig]:
+    return {m: text_format.Parse((DEFAULT_REPOSITORY / m / "config.pbtxt").read_text(), pb.ModelConfig())
+            for m in MODELS}
+
+
+def io(tensors):
+    return [(t.name, t.data_type, list(t.dims)) for t in tensors]
+
+
+def test_tensor_names_types_and_shapes_follow_the_contract(configs):
+    patches = list(contract.PATCH_SHAPE)
+    scores = [(name, FP32, [1]) for name in contract.SCORE_NAMES]
+    ensemble, preprocess, network = (configs[m] for m in
+                                     (contract.ENSEMBLE_MODEL, contract.PREPROCESS_MODEL, contract.NETWORK_MODEL))
+    assert io(ensemble.input) == [(contract.IMAGE_INPUT, BYTES, [1])]
+    assert io(ensemble.output) == scores
+    assert io(preprocess.input) == [(contract.IMAGE_INPUT, BYTES, [1])]
+    assert io(preprocess.output) == [(contract.PATCHES, UINT8, patches)]
+    assert io(network.input) == [(contract.NETWORK_INPUT, UINT8, patches)]
+    assert io(network.output) == [(name, FP32, [1]) for name in contract.NETWORK_OUTPUTS]
+
+
+def test_the_ensemble_wires_preprocess_into_the_network(configs):
+    first, second = configs[contract.ENSEMBLE_MODEL].ensemble_scheduling.step
+    assert first.model_name == contract.PREPROCESS_MODEL and second.model_name == contract.NETWORK_MODEL
+    assert second.input_map[contract.NETWORK_INPUT] == first.output_map[contract.PATCHES]
+    assert {second.output_map[o] for o in contract.NETWORK_OUTPUTS} == set(contract.SCORE_NAMES)
+
+
+def test_both_composing_models_batch_dynamically_within_the_ensembles_batch(configs):
+    ensemble = configs[contract.ENSEMBLE_MODEL]
+    assert ensemble.max_batch_size > 0
+    for model in (contract.PREPROCESS_MODEL, contract.NETWORK_MODEL):
+        assert configs[model].HasField("dynamic_batching"), model
+        assert configs[model].max_batch_size >= ensemble.max_batch_size, model
+
+
+def test_the_network_is_the_production_libtorch_model_on_gpu_with_warmup(configs):
+    network = configs[contract.NETWORK_MODEL]
+    assert network.backend == "pytorch_libtorch"
+    assert [g.kind for g in network.instance_group] == [pb.ModelInstanceGroup.KIND_GPU]
+    assert network.model_warmup and all(w.inputs[contract.NETWORK_INPUT].random_data for w in network.model_warmup)
+    preprocess = configs[contract.PREPROCESS_MODEL]
+    assert preprocess.backend == "python"
+    assert [g.kind for g in preprocess.instance_group] == [pb.ModelInstanceGroup.KIND_CPU]
