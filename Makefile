@@ -12,10 +12,10 @@ SAMPLE ?= tests/data/sheep.jpg
 venv: $(STAMP)
 
 # numpy<2 and the other pins live in pyproject.toml; the stamp re-installs when they change.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e './client[images,video]' -e '.[test]'
 	touch $@
 
 # model.pt is generated from the committed weights (or a seeded random init until they land).

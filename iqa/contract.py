@@ -7,19 +7,20 @@ client) imports these instead of repeating them. This module imports nothing
 heavy so that a client can use it without torch.
 """
 
-# --- scores -------------------------------------------------------------------
-# Order matters: it is the seed ModelScope pipeline's order and the order of the
-# network's output channels.
-SCORE_NAMES = ("NOISE", "BLUR", "COMPRESSION")
-MODELSCOPE_LABELS = ("噪声强度", "模糊程度", "压缩强度")
-SCORE_RANGE = (0.0, 1.0)
+# --- the public wire contract: scores (order = network output channels) and names ---
+# Lives in the client package, which has no torch, and is re-exported here.
+from iqa_client.contract import (  # noqa: F401  (re-exported)
+    ENSEMBLE_MODEL,
+    IMAGE_INPUT,
+    MODELSCOPE_LABELS,
+    SCORE_NAMES,
+    SCORE_RANGE,
+)
 
-# --- Triton names -------------------------------------------------------------
-ENSEMBLE_MODEL = "iqa_degradation"
+# --- Triton names inside the ensemble --------------------------------------------
 PREPROCESS_MODEL = "iqa_preprocess"
 NETWORK_MODEL = "iqa_resnet50"
 
-IMAGE_INPUT = "IMAGE"  # BYTES, dims [1]: one encoded image per batch row
 PATCHES = "PATCHES"  # preprocess output, UINT8 [PATCHES_PER_IMAGE, 3, PATCH_SIZE, PATCH_SIZE]
 # The libtorch backend binds tensors by position: "<name>__<index>".
 NETWORK_INPUT = "PATCHES__0"

@@ -1,0 +1,395 @@
+"""IQAClient and its asyncio twin AsyncIQAClient: one vocabulary, over Triton's gRPC API.
+
+    with IQAClient("127.0.0.1:8001") as client:
+        client.score("photo.jpg")                      # Scores(noise=…, blur=…, compression=…)
+        client.score_many(paths, concurrency=8)        # [Scores | IQAError, …] in input order
+        client.score_video("clip.mp4", frames=32)      # VideoReport
+
+Every call has a timeout (the client's default or the call's own). Transient statuses
+(UNAVAILABLE, RESOURCE_EXHAUSTED) are retried with jittered exponential backoff inside that
+timeout; nothing else is retried (a bad image stays bad). Failures are IQAError subclasses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import re
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as grpcaio
+from tritonclient.utils import InferenceServerException
+
+from iqa_client.contract import ENSEMBLE_MODEL, IMAGE_INPUT, SCORE_NAMES
+from iqa_client.errors import (
+    BadImageError,
+    IQAError,
+    IQATimeoutError,
+    ModelError,
+    ServerError,
+    ServerUnreachableError,
+)
+from iqa_client.images import ImageLike, describe, to_bytes
+from iqa_client.result import Scores
+
+DEFAULT_URL = os.environ.get("IQA_URL", "127.0.0.1:8001")
+TRANSIENT = ("StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED")
+Outcome = Scores | IQAError
+Progress = Callable[[int, int | None], None]  # (done, total or None)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retries for transient gRPC statuses only, always within the call's timeout."""
+
+    attempts: int = 4
+    initial_backoff_s: float = 0.1
+    max_backoff_s: float = 2.0
+
+    def backoff(self, attempt: int) -> float:
+        # "Full jitter": spreads retries of many clients hitting one overloaded server.
+        return random.uniform(0, min(self.max_backoff_s, self.initial_backoff_s * 2**attempt))
+
+
+@dataclass(frozen=True)
+class Health:
+    live: bool
+    ready: bool
+    model_ready: bool
+    server_version: str
+    model: str
+
+
+# --- what both clients share: request, response, errors ------------------------------------
+
+
+def _inputs(data: bytes) -> list[grpcclient.InferInput]:
+    tensor = grpcclient.InferInput(IMAGE_INPUT, [1, 1], "BYTES")
+    tensor.set_data_from_numpy(np.array([[data]], dtype=np.object_))
+    return [tensor]
+
+
+_OUTPUTS = [grpcclient.InferRequestedOutput(name) for name in SCORE_NAMES]
+
+
+def _scores(result) -> Scores:
+    noise, blur, compression = (float(result.as_numpy(name).reshape(-1)[0]) for name in SCORE_NAMES)
+    return Scores(noise=noise, blur=blur, compression=compression)
+
+
+def _error(err: InferenceServerException, url: str, model: str, index=None, source=None) -> IQAError:
+    status, message = str(err.status()), err.message() or str(err)
+    if status == "StatusCode.INVALID_ARGUMENT":
+        reason = re.sub(r"^in ensemble '[^']*', ", "", message).removeprefix("bad image: ")
+        return BadImageError(reason, index=index, source=source)
+    if status == "StatusCode.DEADLINE_EXCEEDED":
+        return IQATimeoutError(f"no answer from {url} within the timeout ({message})")
+    if status == "StatusCode.UNAVAILABLE":
+        return ServerUnreachableError(f"Triton at {url} is unreachable: {message}")
+    if status == "StatusCode.NOT_FOUND" or "unknown model" in message:
+        return ModelError(f"model '{model}' is not served at {url}: {message}")
+    return ServerError(f"{status}: {message}")
+
+
+def _check_contract(metadata: dict, model: str, url: str) -> None:
+    """Refuse to talk to a model whose inputs/outputs are not the iqa_degradation contract."""
+    inputs = {t["name"]: t["datatype"] for t in metadata.get("inputs", [])}
+    outputs = {t["name"]: t["datatype"] for t in metadata.get("outputs", [])}
+    expected_outputs = {name: "FP32" for name in SCORE_NAMES}
+    if inputs != {IMAGE_INPUT: "BYTES"} or outputs != expected_outputs:
+        raise ModelError(
+            f"model '{model}' at {url} is not an iqa_degradation model: inputs {inputs}, outputs {outputs}; "
+            f"expected inputs {{'{IMAGE_INPUT}': 'BYTES'}}, outputs {expected_outputs}")
+
+
+def _video_plan(path, fps, frames, progress):
+    """The frame sampler, the timestamps it fills as frames are read, the frames, and progress in frames."""
+    from iqa_client import video
+
+    sampled = video.sample_frames(path, fps=fps, frames=frames)
+    times: list[float] = []
+
+    def pixels():
+        for time_s, frame in sampled:
+            times.append(time_s)
+            yield frame
+
+    on_progress = (lambda done, _total: progress(done, sampled.count)) if progress else None
+    return sampled, times, pixels(), on_progress
+
+
+class _Deadline:
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.end = seconds, time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
+
+# --- the synchronous client ---------------------------------------------------------------
+
+
+class IQAClient:
+    """Scores images with the `iqa_degradation` ensemble on a Triton server over gRPC.
+
+    url: "host:port" of Triton's gRPC endpoint. timeout: default seconds per call, retries
+    included. ssl/root_certificates/private_key/certificate_chain: TLS (PEM file paths).
+    headers: gRPC metadata sent with every call (auth tokens, routing). connect: check at once
+    that the server is live and serves the expected model (else ServerUnreachableError / ModelError).
+    """
+
+    def __init__(self, url: str = DEFAULT_URL, *, model: str = ENSEMBLE_MODEL, timeout: float = 30.0,
+                 retry: RetryPolicy = RetryPolicy(), ssl: bool = False, root_certificates: str | None = None,
+                 private_key: str | None = None, certificate_chain: str | None = None,
+                 headers: dict[str, str] | None = None, connect: bool = True) -> None:
+        self.url, self.model, self.timeout, self.retry = url, model, timeout, retry
+        self.headers = dict(headers or {})
+        self._grpc = grpcclient.InferenceServerClient(url, ssl=ssl, root_certificates=root_certificates,
+                                                      private_key=private_key, certificate_chain=certificate_chain)
+        if connect:
+            self.connect()
+
+    def connect(self, timeout: float | None = None) -> None:
+        """Check that the server is live and that the model is ready and is the expected contract."""
+        seconds = timeout or self.timeout
+        try:
+            live = self._grpc.is_server_live(headers=self.headers, client_timeout=seconds)
+        except InferenceServerException as err:
+            raise ServerUnreachableError(f"no Triton server answers at {self.url}: {err.message()}") from None
+        if not live:
+            raise ServerUnreachableError(f"Triton at {self.url} is not live")
+        try:
+            metadata = self._grpc.get_model_metadata(self.model, headers=self.headers, as_json=True,
+                                                     client_timeout=seconds)
+            ready = self._grpc.is_model_ready(self.model, headers=self.headers, client_timeout=seconds)
+        except InferenceServerException as err:
+            raise _error(err, self.url, self.model) from None
+        _check_contract(metadata, self.model, self.url)
+        if not ready:
+            raise ModelError(f"model '{self.model}' at {self.url} is not ready")
+
+    def health(self, timeout: float | None = None) -> Health:
+        """Liveness, readiness and the model's readiness; raises ServerUnreachableError if nobody answers."""
+        seconds = timeout or self.timeout
+        try:
+            live = self._grpc.is_server_live(headers=self.headers, client_timeout=seconds)
+            ready = self._grpc.is_server_ready(headers=self.headers, client_timeout=seconds)
+            model_ready = self._grpc.is_model_ready(self.model, headers=self.headers, client_timeout=seconds)
+            version = self._grpc.get_server_metadata(headers=self.headers, as_json=True,
+                                                     client_timeout=seconds).get("version", "")
+        except InferenceServerException as err:
+            raise ServerUnreachableError(f"no Triton server answers at {self.url}: {err.message()}") from None
+        return Health(live, ready, model_ready, version, self.model)
+
+    def score(self, image: ImageLike, *, timeout: float | None = None) -> Scores:
+        """Scores for one image (path, bytes, PIL image or HxWx3 uint8 RGB array)."""
+        return self._score(to_bytes(image), timeout, index=None, source=describe(image))
+
+    def score_many(self, images: Iterable[ImageLike], *, concurrency: int = 8, timeout: float | None = None,
+                   progress: Progress | None = None) -> list[Outcome]:
+        """Scores for many images, in input order; a failed item is its IQAError, the others are scored."""
+        return list(self.iter_score_many(images, concurrency=concurrency, timeout=timeout, progress=progress))
+
+    def iter_score_many(self, images: Iterable[ImageLike], *, concurrency: int = 8, timeout: float | None = None,
+                        progress: Progress | None = None) -> Iterator[Outcome]:
+        """Like score_many, yielding in input order; reads `images` lazily, so memory stays bounded."""
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        total = len(images) if hasattr(images, "__len__") else None
+        done = 0
+        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="iqa") as pool:
+            window: deque = deque()
+            for index, image in enumerate(images):
+                window.append(pool.submit(self._score_item, index, image, timeout))
+                while len(window) >= 2 * concurrency or (window and window[0].done()):
+                    done += 1
+                    yield window.popleft().result()
+                    if progress:
+                        progress(done, total)
+            while window:
+                done += 1
+                yield window.popleft().result()
+                if progress:
+                    progress(done, total)
+
+    def score_video(self, path: str | os.PathLike, *, fps: float | None = None, frames: int | None = None,
+                    percentile: float = 95.0, concurrency: int = 8, timeout: float | None = None,
+                    progress: Progress | None = None):
+        """Score frames sampled from a video (N uniform `frames`, or `fps` per second) -> VideoReport."""
+        from iqa_client import video
+
+        sampled, times, pixels, on_progress = _video_plan(path, fps, frames, progress)
+        outcomes = list(self.iter_score_many(pixels, concurrency=concurrency, timeout=timeout, progress=on_progress))
+        return video.report(path, sampled.duration_s, times, outcomes, percentile)
+
+    def _score_item(self, index: int, image: ImageLike, timeout: float | None) -> Outcome:
+        try:
+            data = to_bytes(image)
+        except (OSError, TypeError, ValueError) as err:
+            return BadImageError(f"cannot read it: {err}", index=index, source=describe(image))
+        try:
+            return self._score(data, timeout, index=index, source=describe(image))
+        except IQAError as err:
+            return err
+
+    def _score(self, data: bytes, timeout: float | None, *, index, source) -> Scores:
+        deadline = _Deadline(timeout or self.timeout)
+        for attempt in range(self.retry.attempts):
+            try:
+                result = self._grpc.infer(self.model, _inputs(data), outputs=_OUTPUTS, headers=self.headers,
+                                          client_timeout=max(deadline.left(), 0.001))
+                return _scores(result)
+            except InferenceServerException as err:
+                pause = self.retry.backoff(attempt)
+                if str(err.status()) not in TRANSIENT or attempt + 1 == self.retry.attempts or pause >= deadline.left():
+                    raise _error(err, self.url, self.model, index, source) from None
+                time.sleep(pause)
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self._grpc.close()
+
+    def __enter__(self) -> IQAClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# --- the asyncio twin ----------------------------------------------------------------------
+
+
+class AsyncIQAClient:
+    """The asyncio twin of IQAClient: same arguments, same results, `await` on each call.
+
+    Call `await client.connect()` (or use `async with`) to check the server and model first.
+    """
+
+    def __init__(self, url: str = DEFAULT_URL, *, model: str = ENSEMBLE_MODEL, timeout: float = 30.0,
+                 retry: RetryPolicy = RetryPolicy(), ssl: bool = False, root_certificates: str | None = None,
+                 private_key: str | None = None, certificate_chain: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        self.url, self.model, self.timeout, self.retry = url, model, timeout, retry
+        self.headers = dict(headers or {})
+        self._grpc = grpcaio.InferenceServerClient(url, ssl=ssl, root_certificates=root_certificates,
+                                                   private_key=private_key, certificate_chain=certificate_chain)
+
+    async def connect(self, timeout: float | None = None) -> None:
+        """Check that the server is live and that the model is ready and is the expected contract."""
+        seconds = timeout or self.timeout
+        try:
+            live = await self._grpc.is_server_live(headers=self.headers, client_timeout=seconds)
+        except InferenceServerException as err:
+            raise ServerUnreachableError(f"no Triton server answers at {self.url}: {err.message()}") from None
+        if not live:
+            raise ServerUnreachableError(f"Triton at {self.url} is not live")
+        try:
+            metadata = await self._grpc.get_model_metadata(self.model, headers=self.headers, as_json=True,
+                                                           client_timeout=seconds)
+            ready = await self._grpc.is_model_ready(self.model, headers=self.headers, client_timeout=seconds)
+        except InferenceServerException as err:
+            raise _error(err, self.url, self.model) from None
+        _check_contract(metadata, self.model, self.url)
+        if not ready:
+            raise ModelError(f"model '{self.model}' at {self.url} is not ready")
+
+    async def health(self, timeout: float | None = None) -> Health:
+        """Liveness, readiness and the model's readiness; raises ServerUnreachableError if nobody answers."""
+        seconds = timeout or self.timeout
+        try:
+            live = await self._grpc.is_server_live(headers=self.headers, client_timeout=seconds)
+            ready = await self._grpc.is_server_ready(headers=self.headers, client_timeout=seconds)
+            model_ready = await self._grpc.is_model_ready(self.model, headers=self.headers, client_timeout=seconds)
+            metadata = await self._grpc.get_server_metadata(headers=self.headers, as_json=True,
+                                                            client_timeout=seconds)
+        except InferenceServerException as err:
+            raise ServerUnreachableError(f"no Triton server answers at {self.url}: {err.message()}") from None
+        return Health(live, ready, model_ready, metadata.get("version", ""), self.model)
+
+    async def score(self, image: ImageLike, *, timeout: float | None = None) -> Scores:
+        """Scores for one image (path, bytes, PIL image or HxWx3 uint8 RGB array)."""
+        return await self._score(to_bytes(image), timeout, index=None, source=describe(image))
+
+    async def score_many(self, images: Iterable[ImageLike], *, concurrency: int = 8,
+                         timeout: float | None = None, progress: Progress | None = None) -> list[Outcome]:
+        """Scores for many images, in input order; a failed item is its IQAError, the others are scored."""
+        return [outcome async for outcome in self.iter_score_many(images, concurrency=concurrency,
+                                                                   timeout=timeout, progress=progress)]
+
+    async def iter_score_many(self, images: Iterable[ImageLike], *, concurrency: int = 8,
+                              timeout: float | None = None, progress: Progress | None = None
+                              ) -> AsyncIterator[Outcome]:
+        """Like score_many, yielding in input order with at most `concurrency` requests in flight."""
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        total = len(images) if hasattr(images, "__len__") else None
+        done = 0
+        window: deque[asyncio.Task] = deque()
+        try:
+            for index, image in enumerate(images):
+                window.append(asyncio.ensure_future(self._score_item(index, image, timeout)))
+                if len(window) >= concurrency:
+                    done += 1
+                    yield await window.popleft()
+                    if progress:
+                        progress(done, total)
+            while window:
+                done += 1
+                yield await window.popleft()
+                if progress:
+                    progress(done, total)
+        finally:
+            for task in window:
+                task.cancel()
+
+    async def score_video(self, path: str | os.PathLike, *, fps: float | None = None, frames: int | None = None,
+                          percentile: float = 95.0, concurrency: int = 8, timeout: float | None = None,
+                          progress: Progress | None = None):
+        """Score frames sampled from a video (N uniform `frames`, or `fps` per second) -> VideoReport."""
+        from iqa_client import video
+
+        sampled, times, pixels, on_progress = _video_plan(path, fps, frames, progress)
+        outcomes = [o async for o in self.iter_score_many(pixels, concurrency=concurrency, timeout=timeout,
+                                                          progress=on_progress)]
+        return video.report(path, sampled.duration_s, times, outcomes, percentile)
+
+    async def _score_item(self, index: int, image: ImageLike, timeout: float | None) -> Outcome:
+        try:
+            data = await asyncio.to_thread(to_bytes, image)  # PNG-encoding a frame is CPU work
+        except (OSError, TypeError, ValueError) as err:
+            return BadImageError(f"cannot read it: {err}", index=index, source=describe(image))
+        try:
+            return await self._score(data, timeout, index=index, source=describe(image))
+        except IQAError as err:
+            return err
+
+    async def _score(self, data: bytes, timeout: float | None, *, index, source) -> Scores:
+        deadline = _Deadline(timeout or self.timeout)
+        for attempt in range(self.retry.attempts):
+            try:
+                result = await self._grpc.infer(self.model, _inputs(data), outputs=_OUTPUTS, headers=self.headers,
+                                                client_timeout=max(deadline.left(), 0.001))
+                return _scores(result)
+            except InferenceServerException as err:
+                pause = self.retry.backoff(attempt)
+                if str(err.status()) not in TRANSIENT or attempt + 1 == self.retry.attempts or pause >= deadline.left():
+                    raise _error(err, self.url, self.model, index, source) from None
+                await asyncio.sleep(pause)
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        await self._grpc.close()
+
+    async def __aenter__(self) -> AsyncIQAClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()

@@ -1,0 +1,13 @@
+"""The wire contract of the `iqa_degradation` ensemble (../shared/DESIGN.md).
+
+Defined here, in the lightest package, and re-exported by the server side
+(iqa.contract) so that client and server cannot drift apart.
+"""
+
+ENSEMBLE_MODEL = "iqa_degradation"
+IMAGE_INPUT = "IMAGE"  # BYTES, dims [1]: one encoded image per batch row
+
+# Output names, in the seed ModelScope pipeline's order.
+SCORE_NAMES = ("NOISE", "BLUR", "COMPRESSION")
+MODELSCOPE_LABELS = ("噪声强度", "模糊程度", "压缩强度")
+SCORE_RANGE = (0.0, 1.0)

@@ -1,0 +1,32 @@
+"""One exception family: every failure the client reports is an IQAError."""
+
+from __future__ import annotations
+
+
+class IQAError(Exception):
+    """Base of every error this client raises."""
+
+
+class ServerUnreachableError(IQAError):
+    """No Triton server answers at the URL (refused, DNS, TLS, or not live)."""
+
+
+class ModelError(IQAError):
+    """The model is missing, not ready, or not the expected contract (checked at connect)."""
+
+
+class BadImageError(IQAError):
+    """The server (or the client's own encoding) refused this image; `index` and `source` say which."""
+
+    def __init__(self, message: str, index: int | None = None, source: str | None = None) -> None:
+        self.index, self.source, self.reason = index, source, message
+        where = ", ".join(p for p in (f"item {index}" if index is not None else "", source or "") if p)
+        super().__init__(f"bad image ({where}): {message}" if where else f"bad image: {message}")
+
+
+class IQATimeoutError(IQAError, TimeoutError):
+    """The call did not complete within its timeout."""
+
+
+class ServerError(IQAError):
+    """Any other failure the server reported (after retries where the status is transient)."""
