@@ -31,8 +31,10 @@ serve: $(MODEL)
 test: $(MODEL)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Benchmarks print numbers (BENCHMARKS.md); they are not tests.
 bench: $(MODEL)
 	$(PY) -m loadtest.bench $(BENCH_ARGS)
+	$(PY) -m loadtest.client_bench
 
 clean:
 	rm -rf .run $(MODEL) .pytest_cache
