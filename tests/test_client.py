@@ -207,3 +207,31 @@ def test_the_cli_json_and_csv_match_the_library(client, triton, tmp_path, capsys
 def test_the_cli_reports_an_unreachable_server_with_exit_status_2(capsys):
     assert cli.main(["health", "--url", f"127.0.0.1:{free_ports(1)[0]}", "--timeout", "2"]) == 2
     assert "no Triton server answers" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tls_triton(tmp_path_factory):
+    """A second server whose gRPC endpoint speaks TLS only, with a self-signed certificate."""
+    import subprocess
+
+    from iqa.serving.launcher import Ports, TritonServer
+
+    run_dir = tmp_path_factory.mktemp("tls")
+    cert, key = run_dir / "cert.pem", run_dir / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    server = TritonServer(ports=Ports(*free_ports(3)), run_dir=run_dir, log_file=run_dir / "tritonserver.log",
+                          exit_timeout_s=5, extra_args=["--grpc-use-ssl=true", f"--grpc-server-cert={cert}",
+                                                        f"--grpc-server-key={key}", f"--grpc-root-cert={cert}"])
+    with server:
+        yield server, cert
+
+
+def test_tls_endpoints_are_reached_with_tls_and_refuse_plaintext(tls_triton, client):
+    server, cert = tls_triton
+    url = f"localhost:{server.ports.grpc}"
+    with IQAClient(url, ssl=True, root_certificates=str(cert), timeout=60) as secure:
+        assert close(secure.score(DATA / "sheep.jpg"), client.score(DATA / "sheep.jpg"))
+    with pytest.raises(ServerUnreachableError):
+        IQAClient(url, timeout=3)  # plaintext to a TLS port
