@@ -125,6 +125,14 @@ def _video_plan(path, fps, frames, progress):
     return sampled, times, pixels(), on_progress
 
 
+def _retry_pause(retry: RetryPolicy, err: InferenceServerException, attempt: int, deadline: _Deadline) -> float | None:
+    """Seconds to wait before the next attempt, or None when this failure is final."""
+    pause = retry.backoff(attempt)
+    if str(err.status()) not in TRANSIENT or attempt + 1 >= retry.attempts or pause >= deadline.left():
+        return None
+    return pause
+
+
 class _Deadline:
     def __init__(self, seconds: float) -> None:
         self.seconds, self.end = seconds, time.monotonic() + seconds
@@ -247,8 +255,8 @@ class IQAClient:
                                           client_timeout=max(deadline.left(), 0.001))
                 return _scores(result)
             except InferenceServerException as err:
-                pause = self.retry.backoff(attempt)
-                if str(err.status()) not in TRANSIENT or attempt + 1 == self.retry.attempts or pause >= deadline.left():
+                pause = _retry_pause(self.retry, err, attempt, deadline)
+                if pause is None:
                     raise _error(err, self.url, self.model, index, source) from None
                 time.sleep(pause)
         raise AssertionError("unreachable")
@@ -378,8 +386,8 @@ class AsyncIQAClient:
                                                 client_timeout=max(deadline.left(), 0.001))
                 return _scores(result)
             except InferenceServerException as err:
-                pause = self.retry.backoff(attempt)
-                if str(err.status()) not in TRANSIENT or attempt + 1 == self.retry.attempts or pause >= deadline.left():
+                pause = _retry_pause(self.retry, err, attempt, deadline)
+                if pause is None:
                     raise _error(err, self.url, self.model, index, source) from None
                 await asyncio.sleep(pause)
         raise AssertionError("unreachable")
