@@ -235,3 +235,19 @@ def test_tls_endpoints_are_reached_with_tls_and_refuse_plaintext(tls_triton, cli
         assert close(secure.score(DATA / "sheep.jpg"), client.score(DATA / "sheep.jpg"))
     with pytest.raises(ServerUnreachableError):
         IQAClient(url, timeout=3)  # plaintext to a TLS port
+
+
+def test_score_many_reads_its_input_lazily_so_memory_stays_bounded(client, photos):
+    photo = photos["sheep"]
+    pulled = []
+
+    def endless_frames():  # a long video's frames: must not be read ahead without bound
+        for i in range(40):
+            pulled.append(i)
+            yield photo
+
+    results = client.iter_score_many(endless_frames(), concurrency=2)
+    first = next(results)
+    assert isinstance(first, Scores)
+    assert len(pulled) <= 2 * 2 + 1, f"read {len(pulled)} items ahead for concurrency 2"
+    results.close()
