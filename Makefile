@@ -3,19 +3,29 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# Deployment linters (hadolint, checkov, kubernetes-validate) have their own venv: checkov's
+# dependency tree must not move the serving pins (numpy<2, protobuf).
+VENV_DEPLOY  := .venv-deploy
+DEPLOY_STAMP := $(VENV_DEPLOY)/.installed
 MODEL  := model_repository/iqa_resnet50/1/model.pt
 WEIGHTS := $(wildcard training/weights/*.pt)
 SAMPLE ?= tests/data/sheep.jpg
 
 .PHONY: venv export serve test bench clean
 
-venv: $(STAMP)
+venv: $(STAMP) $(DEPLOY_STAMP)
 
 # numpy<2 and the other pins live in pyproject.toml; the stamp re-installs when they change.
 $(STAMP): pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e './client[images,video]' -e '.[test]'
+	touch $@
+
+$(DEPLOY_STAMP): deploy-requirements.txt
+	$(PYTHON) -m venv $(VENV_DEPLOY)
+	$(VENV_DEPLOY)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV_DEPLOY)/bin/python -m pip install --quiet -r deploy-requirements.txt
 	touch $@
 
 # model.pt is generated from the committed weights (or a seeded random init until they land).
@@ -28,7 +38,7 @@ export: $(MODEL)
 serve: $(MODEL)
 	$(PY) -m iqa.serving.launcher --sample $(SAMPLE)
 
-test: $(MODEL)
+test: $(MODEL) $(DEPLOY_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Benchmarks print numbers (BENCHMARKS.md); they are not tests.
