@@ -11,7 +11,7 @@ MODEL  := model_repository/iqa_resnet50/1/model.pt
 WEIGHTS := $(wildcard training/weights/*.pt)
 SAMPLE ?= tests/data/sheep.jpg
 
-.PHONY: venv export serve test bench clean
+.PHONY: venv export serve test bench loadtest clean
 
 venv: $(STAMP) $(DEPLOY_STAMP)
 
@@ -45,6 +45,10 @@ test: $(MODEL) $(DEPLOY_STAMP)
 bench: $(MODEL)
 	$(PY) -m loadtest.bench $(BENCH_ARGS)
 	$(PY) -m loadtest.client_bench
+
+# Locust, headless and bounded (LOADTEST_ARGS: --users, --run-time, --find-knee, --url, --debian).
+loadtest: $(MODEL)
+	$(PY) -m loadtest.run $(LOADTEST_ARGS)
 
 clean:
 	rm -rf .run $(MODEL) .pytest_cache

@@ -146,7 +146,7 @@ def without_dynamic_batching(model: str, config: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Ensemble over gRPC vs in-process PyTorch.")
     parser.add_argument("--seconds", type=float, default=20.0, help="per measured phase")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--batching", nargs="+", choices=["on", "off"], default=["on"])
     parser.add_argument("--url", help="measure this running server (gRPC host:port) instead of starting one")
     args = parser.parse_args(argv)
