@@ -1,8 +1,7 @@
 """The degradation network: torchvision's ResNet50 trunk plus one small head per score.
 
 Input is what the preprocess model emits: uint8 patches [B, K, 3, P, P] cut at
-native resolution (see iqa.contract). Scaling to [0, 1], normalisation and the
-pooling of the K patch scores into one score per image happen inside the
+native resolution (see iqa.contract). Normalisation and the pooling of the K patch scores into one score per image happen inside the
 module, so the exported TorchScript takes the preprocess output as it is.
 
 Compared with the seed model (six heads of Conv3x3 2048->1024->256->64->1, ~21 M
@@ -39,21 +38,24 @@ class DegradationNet(nn.Module):
             )
             for _ in SCORE_NAMES
         )
-        self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
+        # (x / 255 - mean) / std as one multiply-add. Multiplying the uint8 input by these float
+        # buffers promotes it to the module's dtype on the module's device, so the traced model
+        # runs as exported, after .half() and on a GPU: no dtype or device is frozen into the trace.
+        std, mean = torch.tensor(_STD).view(1, 3, 1, 1), torch.tensor(_MEAN).view(1, 3, 1, 1)
+        self.register_buffer("scale", 1.0 / (255.0 * std), persistent=False)
+        self.register_buffer("shift", mean / std, persistent=False)
 
     def patch_logits(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Float patches [N, 3, P, P] in [0, 1] -> one logit per score [N, len(SCORE_NAMES)].
+        """Patches [N, 3, P, P] with values 0..255 (uint8 or float) -> one logit per score [N, 3].
 
         Training works on this (patch level); serving pools it over each image's patches.
         """
-        features = self.trunk((pixels - self.mean) / self.std)
+        features = self.trunk(pixels * self.scale - self.shift)
         return torch.cat([head(features).mean(dim=(2, 3)) for head in self.heads], dim=1)
 
     def forward(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """uint8 patches [B, K, 3, P, P] -> (noise, blur, compression), each [B, 1] in [0, 1]."""
-        pixels = patches.flatten(0, 1).to(self.mean.dtype) / 255.0
-        logits = self.patch_logits(pixels).unflatten(0, (-1, PATCHES_PER_IMAGE))
+        logits = self.patch_logits(patches.flatten(0, 1)).unflatten(0, (-1, PATCHES_PER_IMAGE))
         scores = torch.sigmoid(logits.mean(dim=1))  # pool the image's patches, then squash
         noise, blur, compression = scores.split(1, dim=1)
         return noise, blur, compression

@@ -17,6 +17,7 @@ Prints a table; ratios are against (a) measured in the same run.
 from __future__ import annotations
 
 import argparse
+import copy
 import contextlib
 import platform
 import re
@@ -60,12 +61,34 @@ def bench_preprocess(payloads: list[bytes], seconds: float) -> dict[str, float]:
     return {"decode_ms": statistics.median(decode_s) / n * 1000, "sample_ms": statistics.median(sample_s) / n * 1000}
 
 
-def bench_in_process(model, patches: np.ndarray, batch: int, seconds: float) -> dict[str, float]:
+def bench_in_process(model, patches: np.ndarray, batch: int, seconds: float, device: str = "cpu") -> dict[str, float]:
     """Latency per call and throughput of a module on preprocessed patches, `batch` images a call."""
-    inputs = torch.from_numpy(np.resize(patches, (batch, *patches.shape[1:])))
+    inputs = torch.from_numpy(np.resize(patches, (batch, *patches.shape[1:]))).to(device)
+
+    def call():
+        model(inputs)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()  # time the work, not the kernel launches
+
     with torch.inference_mode():
-        calls = time_calls(lambda: model(inputs), seconds)
+        calls = time_calls(call, seconds)
     return {**percentiles(calls), "img_per_s": batch / statistics.median(calls)}
+
+
+def fp16_difference(model, patches: np.ndarray, device: str) -> float:
+    """Largest score difference between fp32 and fp16 on the photos (the served fp16 must stay within 0.01)."""
+    inputs = torch.from_numpy(patches).to(device)
+    with torch.inference_mode():
+        full = torch.cat(model(inputs), dim=1).float()
+        half = torch.cat(copy.deepcopy(model).half()(inputs), dim=1).float()
+    return float((full - half).abs().max())
+
+
+def serve_fp16(model: str, config: str) -> str:
+    """Config edit: the Python-backend runner casts the network to fp16 (iqa.serving.torchscript_model)."""
+    if model != NETWORK_MODEL:
+        return config
+    return config + '\nparameters: { key: "precision", value: { string_value: "fp16" } }\n'
 
 
 def closed_loop(url: str, payloads: list[bytes], concurrency: int, seconds: float) -> dict[str, float]:
@@ -143,12 +166,30 @@ def without_dynamic_batching(model: str, config: str) -> str:
     return re.sub(r"dynamic_batching\s*\{[^}]*\}", "", config)
 
 
+def _edits(no_batching: bool, fp16: bool):
+    edits = [e for e, wanted in ((without_dynamic_batching, no_batching), (serve_fp16, fp16)) if wanted]
+    if not edits:
+        return None
+
+    def edit(model: str, config: str) -> str:
+        for each in edits:
+            config = each(model, config)
+        return config
+
+    return edit
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Ensemble over gRPC vs in-process PyTorch.")
     parser.add_argument("--seconds", type=float, default=20.0, help="per measured phase")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--batching", nargs="+", choices=["on", "off"], default=["on"])
     parser.add_argument("--url", help="measure this running server (gRPC host:port) instead of starting one")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="device for the in-process rows (the server picks its own: KIND_GPU if it has one)")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="in-process batch sizes")
+    parser.add_argument("--fp16", action="store_true",
+                        help="add fp16 in-process rows and serve the network in fp16 (Python-backend runner)")
     args = parser.parse_args(argv)
 
     payloads = [p.read_bytes() for p in sorted(PHOTOS.glob("*.jpg"))]
@@ -161,13 +202,23 @@ def main(argv: list[str] | None = None) -> int:
     prep = bench_preprocess(payloads, args.seconds / 2)
     print(f"\npreprocess per image (in-process): decode {prep['decode_ms']:.2f} ms, sample {prep['sample_ms']:.2f} ms")
 
-    eager = build_model(str(REPO / metadata["weights"])) if metadata.get("trained") else build_model(
-        seed=metadata["random_init_seed"])
-    scripted = torch.jit.load(str(MODEL_PT)).eval()
+    eager = (build_model(str(REPO / metadata["weights"])) if metadata.get("trained") else build_model(
+        seed=metadata["random_init_seed"])).to(args.device)
+    scripted = torch.jit.load(str(MODEL_PT), map_location=args.device).eval()
     rows = {}
-    for batch in (1, 8):
-        rows[f"(a) eager PyTorch, in-process, batch {batch}"] = bench_in_process(eager, patches, batch, args.seconds / 2)
-        rows[f"(b) TorchScript, in-process, batch {batch}"] = bench_in_process(scripted, patches, batch, args.seconds / 2)
+    for batch in args.batches:
+        rows[f"(a) eager PyTorch, in-process, batch {batch}"] = bench_in_process(
+            eager, patches, batch, args.seconds / 2, args.device)
+        rows[f"(b) TorchScript, in-process, batch {batch}"] = bench_in_process(
+            scripted, patches, batch, args.seconds / 2, args.device)
+    if args.fp16:
+        print(f"fp16 vs fp32 on the photos: max |score difference| = {fp16_difference(eager, patches, args.device):.4f}"
+              " (must stay within 0.01)")
+        half = copy.deepcopy(eager).half()
+        for batch in args.batches:
+            rows[f"(a16) eager PyTorch fp16, in-process, batch {batch}"] = bench_in_process(
+                half, patches, batch, args.seconds / 2, args.device)
+        del half
     del eager, scripted
 
     split: dict[str, dict] = {}
@@ -176,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
         server = contextlib.nullcontext() if args.url else TritonServer(
             ports=Ports(*free_ports(3)), run_dir=run_dir, log_file=run_dir / "tritonserver.log",
-            config_edit=None if setting == "on" else without_dynamic_batching)
+            config_edit=_edits(setting == "off", args.fp16))
         with server:
             url = args.url or server.grpc_url
             for concurrency in args.concurrency:

@@ -63,3 +63,16 @@ def test_a_trace_that_differs_from_eager_is_refused_and_not_written(tmp_path, mo
     assert not output.exists()
     assert export.main(["--output", str(output)]) == 1
     assert not output.exists()
+
+
+def test_the_exported_module_follows_its_dtype_and_device(exported):
+    path, _ = exported
+    traced = torch.jit.load(str(path))
+    # A device frozen into the trace would move GPU inputs back to the CPU inside the model.
+    assert "torch.device(" not in traced.code
+    photos = export.check_inputs(export.DEFAULT_CHECK_IMAGES)[-1][1]
+    with torch.inference_mode():
+        full = torch.cat(traced(photos), dim=1)
+        half = torch.cat(traced.half()(photos), dim=1)
+    assert half.dtype == torch.float16
+    assert (full - half.float()).abs().max() <= 0.01  # the fp16 serving bound (loadtest/bench.py --fp16)
