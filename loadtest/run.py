@@ -16,11 +16,10 @@ import csv
 import os
 import subprocess
 import sys
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from iqa.serving.launcher import REPO, Ports, TritonServer, free_ports
+from iqa.serving.launcher import REPO, Ports, TritonServer, answers_200, free_ports
 from loadtest.prepare_corpus import DEFAULT_OUT as DEFAULT_CORPUS
 from loadtest.prepare_corpus import prepare
 
@@ -43,14 +42,6 @@ class Summary:
     def line(self) -> str:
         return (f"{self.requests} requests, {self.failures} failed, {self.req_per_s:.2f} req/s, "
                 f"p50 {self.p50_ms:.0f} ms, p95 {self.p95_ms:.0f} ms, p99 {self.p99_ms:.0f} ms")
-
-
-def _answers(http: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://{http}/v2/health/ready", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 def run_locust(grpc_url: str, *, users: int, run_time_s: int, out: Path, corpus: Path, model: str | None = None,
@@ -99,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     if args.url:
         url = args.url
-    elif _answers("127.0.0.1:8000"):
+    elif answers_200("http://127.0.0.1:8000/v2/health/ready"):
         url = "127.0.0.1:8001"
         print("using the server already running on 127.0.0.1:8001")
     else:

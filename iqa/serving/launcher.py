@@ -267,7 +267,7 @@ class TritonServer:
                                                   edit=self.config_edit)
         for change in changes:
             log.info("%s", change)
-        self.trained = self._warn_if_untrained(self.repository / NETWORK_MODEL / "1" / "model.pt")
+        self.trained = self._log_weights(self.repository / NETWORK_MODEL / "1" / "model.pt")
         args = [
             str(binary),
             f"--model-repository={repository}",
@@ -286,7 +286,7 @@ class TritonServer:
         return args, server_environment(binary)
 
     @staticmethod
-    def _warn_if_untrained(model_pt: Path) -> bool:
+    def _log_weights(model_pt: Path) -> bool:
         metadata = read_model_metadata(model_pt)
         if not metadata.get("trained"):
             log.warning("*** %s was exported from a RANDOM initialisation (no trained weights): "
@@ -321,7 +321,7 @@ class TritonServer:
                 code = None if self.process is None else self.process.returncode
                 where = f" (its log: {self.log_file})" if self.log_file else ""
                 raise LaunchError(f"tritonserver exited with code {code} before it was ready{where}")
-            if all(_answers_200(url) for url in urls):
+            if all(answers_200(url) for url in urls):
                 log.info("ready: gRPC %s, HTTP %s, metrics 127.0.0.1:%d",
                          self.grpc_url, self.http_url, self.ports.metrics)
                 return
@@ -363,7 +363,8 @@ def _terminate_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _answers_200(url: str) -> bool:
+def answers_200(url: str) -> bool:
+    """True when an HTTP GET of url answers 200 within 2 s (Triton's health endpoints)."""
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
             return response.status == 200
