@@ -30,9 +30,8 @@ import numpy as np
 import torch
 
 from iqa.contract import ENSEMBLE_MODEL, IMAGE_INPUT, NETWORK_MODEL, PREPROCESS_MODEL
-from iqa.network import build_model
 from iqa.preprocess import decode, preprocess, sample_patches
-from iqa.serving.launcher import REPO, Ports, TritonServer, free_ports, read_model_metadata
+from iqa.serving.launcher import REPO, Ports, TritonServer, eager_twin, free_ports, read_model_metadata
 
 PHOTOS = REPO / "tests" / "data"
 MODEL_PT = REPO / "model_repository" / "iqa_resnet50" / "1" / "model.pt"
@@ -202,8 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     prep = bench_preprocess(payloads, args.seconds / 2)
     print(f"\npreprocess per image (in-process): decode {prep['decode_ms']:.2f} ms, sample {prep['sample_ms']:.2f} ms")
 
-    eager = (build_model(str(REPO / metadata["weights"])) if metadata.get("trained") else build_model(
-        seed=metadata["random_init_seed"])).to(args.device)
+    eager = eager_twin(MODEL_PT).to(args.device)
     scripted = torch.jit.load(str(MODEL_PT), map_location=args.device).eval()
     rows = {}
     for batch in args.batches:

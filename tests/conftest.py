@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from iqa.contract import SCORE_NAMES
-from iqa.network import build_model
 from iqa.preprocess import preprocess
-from iqa.serving.launcher import REPO, Ports, TritonServer, free_ports, read_model_metadata
+from iqa.serving.launcher import REPO, Ports, TritonServer, eager_twin, free_ports
 
 DATA = Path(__file__).parent / "data"
 MODEL_PT = REPO / "model_repository" / "iqa_resnet50" / "1" / "model.pt"
@@ -38,10 +37,7 @@ def triton(tmp_path_factory) -> TritonServer:
 @pytest.fixture(scope="session")
 def reference_model() -> torch.nn.Module:
     """The eager network with the very weights model.pt was exported from."""
-    metadata = read_model_metadata(MODEL_PT)
-    if metadata.get("trained"):
-        return build_model(str(REPO / metadata["weights"]))
-    return build_model(seed=metadata["random_init_seed"])
+    return eager_twin(MODEL_PT)
 
 
 @pytest.fixture(scope="session")

@@ -213,6 +213,16 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
+def eager_twin(model_pt: Path):
+    """The eager network with the very weights model.pt was exported from (for in-process comparisons)."""
+    from iqa.network import build_model
+
+    metadata = read_model_metadata(model_pt)
+    if metadata.get("trained"):
+        return build_model(str(REPO / metadata["weights"]))
+    return build_model(seed=metadata["random_init_seed"])
+
+
 def check_ports_free(ports: Ports) -> None:
     for name, port in ports.named().items():
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
