@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Run here (a machine with PyPI), before a GPU session: writes .gpu-carry/ (git-ignored) with what
+# the GPU machine lacks for loadtest/gpu/run.sh. That machine has Python 3.12, torch, grpcio,
+# protobuf and Pillow, but numpy 2 (which silently breaks the Python-backend stub) and no Triton.
+# Budget: the device tool carries 64 MiB, working tree included, so the 55 MB nvidia-pytriton wheel
+# is cut down to the server, the Python backend, the 3.11/3.12 stubs and their libraries, xz-compressed.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+carry=.gpu-carry
+rm -rf "$carry" && mkdir -p "$carry/wheels"
+download() {
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_35_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 \
+    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$1" "${@:2}"
+}
+download "$carry/wheels" numpy==1.26.4 tritonclient==2.73.0 python-rapidjson==1.25
+work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
+download "$work" nvidia-pytriton==0.7.0
+python3 -m zipfile -e "$work"/nvidia_pytriton-*.whl "$work/x"
+# zipfile drops the executable bits the server and the stubs need.
+chmod +x "$work/x/pytriton/tritonserver/bin/tritonserver" "$work"/x/pytriton/tritonserver/python_backend_stubs/*/*
+keep=(pytriton/tritonserver/bin pytriton/tritonserver/backends/python
+      pytriton/tritonserver/python_backend_stubs/3.11 pytriton/tritonserver/python_backend_stubs/3.12)
+for lib in "$work"/x/nvidia_pytriton.libs/*; do
+  case "$lib" in */libpython3-*.13.*) ;; *) keep+=("nvidia_pytriton.libs/${lib##*/}") ;; esac
+done
+tar -C "$work/x" -cJf "$carry/tritonserver-min.tar.xz" "${keep[@]}"
+chmod -R u+w "$carry"
+du -sh "$carry" "$carry"/* "$carry"/wheels/*
