@@ -384,17 +384,13 @@ def answers_200(url: str) -> bool:
 
 def score_sample(grpc_url: str, image: Path) -> dict[str, float]:
     """Score one image through the public ensemble over gRPC (what `make serve` shows)."""
-    import numpy as np
-    import tritonclient.grpc as grpcclient
+    from iqa_client import IQAClient
 
-    from iqa.contract import IMAGE_INPUT, SCORE_NAMES
+    from iqa.contract import SCORE_NAMES
 
-    with grpcclient.InferenceServerClient(grpc_url) as client:
-        tensor = grpcclient.InferInput(IMAGE_INPUT, [1, 1], "BYTES")
-        tensor.set_data_from_numpy(np.array([[image.read_bytes()]], dtype=np.object_))
-        result = client.infer(ENSEMBLE_MODEL, [tensor], outputs=[grpcclient.InferRequestedOutput(n) for n in SCORE_NAMES],
-                              client_timeout=60)
-        return {name: float(result.as_numpy(name)[0, 0]) for name in SCORE_NAMES}
+    with IQAClient(grpc_url, timeout=60) as client:
+        scores = client.score(image)
+    return {name: getattr(scores, name.lower()) for name in SCORE_NAMES}
 
 
 def main(argv: list[str] | None = None) -> int:
