@@ -180,6 +180,13 @@ def prepare_repository(source: Path, run_dir: Path, *, libtorch: bool, gpus: int
         if gpus == 0 and "KIND_GPU" in config:
             config = config.replace("KIND_GPU", "KIND_CPU")
             changes.append(f"{model}: no GPU on this machine, KIND_GPU -> KIND_CPU")
+        if gpus == 0 and model == PREPROCESS_MODEL:
+            # Several decode instances pay off only when a GPU runs the network (BENCHMARKS.md); on
+            # CPU the network takes ~90 % of the time and extra decoders only compete with it.
+            single = re.sub(r"count: *\d+", "count: 1", config)
+            if single != config:
+                config = single
+                changes.append(f"{model}: no GPU on this machine, one preprocessing instance")
         if edit is not None and (edited := edit(model, config)) != config:
             config = edited
             changes.append(f"{model}: config edited for this run")

@@ -19,6 +19,11 @@ python3 -c 'import numpy, torch; assert numpy.__version__ == "1.26.4", numpy.__v
 export IQA_TRITONSERVER=$site/pytriton/tritonserver/bin/tritonserver PYTHONUNBUFFERED=1
 nvidia-smi -L | tee "$out/gpu.txt"
 python3 -m conversion.export 2>&1 | tail -3
-python3 -m loadtest.bench --device cuda --fp16 --batches 1 8 32 --concurrency 1 8 32 64 128 --seconds 15 \
+# BENCH_ARGS narrows a run to fit the device time; PREPROCESS_INSTANCES overrides the committed count.
+if [ -n "${PREPROCESS_INSTANCES:-}" ]; then
+  sed -i -E "s/count: *[0-9]+, kind: KIND_CPU/count: ${PREPROCESS_INSTANCES}, kind: KIND_CPU/" model_repository/iqa_preprocess/config.pbtxt
+fi
+# shellcheck disable=SC2086  # BENCH_ARGS is a list of words
+python3 -m loadtest.bench --device cuda --fp16 ${BENCH_ARGS:---batches 1 8 32 --concurrency 1 8 32 64 128 --seconds 15} \
   2>&1 | grep -v -E '^[IWE][0-9]{4} ' | tee "$out/bench.txt"
 cp .run/bench-on/tritonserver.log "$out/tritonserver.log" 2>/dev/null || true
