@@ -11,7 +11,7 @@ MODEL  := model_repository/iqa_resnet50/1/model.pt
 WEIGHTS := $(wildcard training/weights/*.pt)
 SAMPLE ?= tests/data/sheep.jpg
 
-.PHONY: venv export serve test bench loadtest clean
+.PHONY: venv export serve test bench loadtest photos train evaluate clean
 
 venv: $(STAMP) $(DEPLOY_STAMP)
 
@@ -49,6 +49,17 @@ bench: $(MODEL)
 # Locust, headless and bounded (LOADTEST_ARGS: --users, --run-time, --find-knee, --url, --debian).
 loadtest: $(MODEL)
 	$(PY) -m loadtest.run $(LOADTEST_ARGS)
+
+# Training (training/, README "The model"): the photo pool (Debian packages, cached outside git),
+# a training run (TRAIN_ARGS; the full run wants a GPU: training/gpu_run.sh) and the KADID-style evaluation.
+photos: $(STAMP)
+	$(PY) -m training.photos $(PHOTOS_ARGS)
+
+train: $(STAMP)
+	$(PY) -m training.train $(TRAIN_ARGS)
+
+evaluate: $(STAMP)
+	$(PY) -m training.evaluate --baselines $(EVAL_ARGS)
 
 clean:
 	rm -rf .run $(MODEL) .pytest_cache

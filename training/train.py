@@ -1,0 +1,289 @@
+"""Train the degradation network from scratch on simulated degradations of pristine photos.
+
+    python -m training.train --device cpu --steps 200 --batch 8          # check the pipeline on CPU
+    python -m training.train --minutes 7 --batch 128 --views 2 --workers 14   # the GPU run (training/gpu_run.sh)
+    python -m training.train --resume training/runs/default              # continue a run
+
+One sample is one virtual picture: a random crop (256-512 px a side) of a pool photo at a
+random scale, degraded by a random recipe (training.degradations), then cut into patches
+exactly as the server cuts them (iqa.preprocess.sample_patches). The loss is binary cross
+entropy between each family's target and the network's patch-pooled logit: the same
+pooling the served model does. `--views 2` cuts a second patch set from a sub-window of the
+same degraded picture, which halves the CPU cost per sample when the CPU feeds a GPU.
+
+Samples are a pure function of (seed, sample index), so a resumed run sees the same data a
+straight run would. The run directory gets checkpoint.pt, log.jsonl (loss, throughput, the
+share of time the accelerator waited for data, validation figures) and the fp16 weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from iqa.contract import PATCH_SIZE
+from iqa.network import DegradationNet
+from iqa.preprocess import sample_patches
+from training import photos as photo_pool
+from training.degradations import FAMILIES, random_recipe
+from training.evaluate import spearman
+
+# ------------------------------------------------------------------ settings
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument("--pool", type=Path, default=photo_pool.CACHE / "pool", help="photo pool (training.photos)")
+parser.add_argument("--run", type=Path, default=Path("training/runs/default"), help="run directory")
+parser.add_argument("--resume", type=Path, help="continue the run in this directory")
+parser.add_argument("--steps", type=int, default=20000, help="optimizer steps (the run ends at steps or minutes)")
+parser.add_argument("--minutes", type=float, default=0.0, help="wall-clock budget; the LR schedule follows it")
+parser.add_argument("--batch", type=int, default=128, help="degraded pictures per step (x views x 4 patches)")
+parser.add_argument("--views", type=int, default=1, help="patch sets cut from each degraded picture")
+parser.add_argument("--lr", type=float, default=2e-3)
+parser.add_argument("--weight-decay", type=float, default=0.05)
+parser.add_argument("--warmup", type=float, default=0.03, help="share of the run spent warming the LR up")
+parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
+parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+parser.add_argument("--compile", action="store_true", help="torch.compile the network")
+parser.add_argument("--seed", type=int, default=0)
+parser.add_argument("--validate-every", type=float, default=60.0, help="seconds between validations")
+parser.add_argument("--validation-pictures", type=int, default=512)
+parser.add_argument("--checkpoint-every", type=float, default=120.0, help="seconds between checkpoints")
+parser.add_argument("--weights-out", type=Path, help="also write the fp16 weights here")
+
+
+# ------------------------------------------------------------------ data
+SCALES = (0.5, 0.65, 0.8)  # applied to pool photos (<= 768 px): washes out a carried pack's JPEG q95
+VIRTUAL_SIDES = (256, 512)
+JPEG2000_MAX_SIDE = 320  # OpenJPEG's encoder is slow: its pictures are kept small
+
+
+def load_pictures(pool: Path, split: str) -> list[np.ndarray]:
+    """Each photo of the split at each of SCALES that leaves both sides >= 256, as uint8 arrays."""
+    out = []
+    for photo in photo_pool.photos(pool, split):
+        image = Image.open(photo.path).convert("RGB")
+        for scale in SCALES:
+            size = (round(image.width * scale), round(image.height * scale))
+            if min(size) >= VIRTUAL_SIDES[0]:
+                out.append(np.asarray(image.resize(size, Image.Resampling.LANCZOS)))
+    if not out:
+        raise ValueError(f"no {split} photos of at least {VIRTUAL_SIDES[0]} px in {pool}")
+    return out
+
+
+class DegradedPictures(Dataset):
+    """Sample i: patches uint8 [views, K, 3, P, P] and targets float32 [views, 3], from seed (seed, i)."""
+
+    def __init__(self, pictures: list[np.ndarray], seed: int, views: int, length: int) -> None:
+        self.pictures, self.seed, self.views, self.length = pictures, seed, views, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int):
+        rng = np.random.default_rng([self.seed, index])
+        recipe = random_recipe(rng)
+        picture = self.pictures[rng.integers(len(self.pictures))]
+        height, width = picture.shape[:2]
+        cap = JPEG2000_MAX_SIDE if any(name == "jpeg2000" for name, _ in recipe.steps) else VIRTUAL_SIDES[1]
+        h = int(rng.integers(VIRTUAL_SIDES[0], min(cap, height) + 1))
+        w = int(rng.integers(VIRTUAL_SIDES[0], min(cap, width) + 1))
+        top, left = int(rng.integers(height - h + 1)), int(rng.integers(width - w + 1))
+        crop = picture[top : top + h, left : left + w]
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        degraded = recipe.apply(np.ascontiguousarray(crop), rng)
+        groups = [sample_patches(degraded)]
+        for _ in range(self.views - 1):  # a sub-window of the same degraded picture
+            sh, sw = (int(rng.integers(VIRTUAL_SIDES[0], s + 1)) for s in (h, w))
+            st, sl = int(rng.integers(h - sh + 1)), int(rng.integers(w - sw + 1))
+            groups.append(sample_patches(degraded[st : st + sh, sl : sl + sw]))
+        targets = np.repeat(recipe.targets()[None], self.views, axis=0)
+        return torch.from_numpy(np.stack(groups)), torch.from_numpy(targets)
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # each loader worker is one core; the FFT blurs use torch
+
+
+def loader(dataset: Dataset, batch: int, workers: int, start: int = 0) -> DataLoader:
+    return DataLoader(
+        dataset, batch_size=batch, sampler=range(start, len(dataset)), num_workers=workers,
+        pin_memory=torch.cuda.is_available(), worker_init_fn=_worker_init, drop_last=True,
+        persistent_workers=False, prefetch_factor=4 if workers else None,
+    )
+
+
+# ------------------------------------------------------------------ model and loss
+def pooled_logits(model: DegradationNet, patches: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, K, 3, P, P] -> [B, 3] logits pooled over each picture's patches, as the served model pools."""
+    flat = patches.flatten(0, 1).contiguous(memory_format=torch.channels_last)
+    return model.patch_logits(flat).unflatten(0, patches.shape[:2]).float().mean(dim=1)
+
+
+def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.binary_cross_entropy_with_logits(logits, targets)
+
+
+@torch.no_grad()
+def validate(model: DegradationNet, batches: list, device: str, autocast) -> dict:
+    model.eval()
+    scores, targets, losses = [], [], []
+    for patches, target in batches:
+        patches, target = patches.flatten(0, 1), target.flatten(0, 1)  # [B, views, ...] -> [B * views, ...]
+        with autocast:
+            logits = pooled_logits(model, patches.to(device, non_blocking=True))
+        losses.append(loss_fn(logits, target.to(device)).item())
+        scores.append(torch.sigmoid(logits).float().cpu().numpy())
+        targets.append(target.numpy())
+    model.train()
+    scores, targets = np.concatenate(scores), np.concatenate(targets)
+    out = {"val_loss": float(np.mean(losses))}
+    for i, family in enumerate(FAMILIES):
+        out[f"val_mae_{family}"] = float(np.abs(scores[:, i] - targets[:, i]).mean())
+        out[f"val_srcc_{family}"] = spearman(scores[:, i], targets[:, i])
+    return out
+
+
+def save_weights_fp16(model: DegradationNet, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser.parse_args(argv)
+    run = args.resume or args.run
+    run.mkdir(parents=True, exist_ok=True)
+    checkpoint_path = run / "checkpoint.pt"
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False) if args.resume else None
+    if checkpoint:  # the run's own settings win, except where it runs now
+        saved = checkpoint["args"]
+        for key in ("pool", "run", "resume", "device", "workers", "weights_out", "compile"):
+            saved[key] = getattr(args, key)
+        args = argparse.Namespace(**saved)
+
+    torch.manual_seed(args.seed)
+    device = args.device
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
+
+    model = DegradationNet().to(device).to(memory_format=torch.channels_last)
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr, betas=(0.9, 0.99), fused=cuda,
+    )
+    step, elapsed_before = 0, 0.0
+    if checkpoint:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        step, elapsed_before = checkpoint["step"], checkpoint["elapsed"]
+    train_model = torch.compile(model) if args.compile else model
+
+    t0 = time.perf_counter()
+    train_set = DegradedPictures(load_pictures(args.pool, "train"), args.seed, args.views, args.steps * args.batch)
+    val_set = DegradedPictures(load_pictures(args.pool, "validation"), args.seed + 1, 1, args.validation_pictures)
+    val_batches = list(loader(val_set, min(args.batch, 64), args.workers))
+    print(f"{len(train_set.pictures)} train / {len(val_set.pictures)} validation pictures, "
+          f"validation set built in {time.perf_counter() - t0:.1f} s; device {device}", flush=True)
+
+    log = (run / "log.jsonl").open("a")
+
+    def record(entry: dict) -> None:
+        log.write(json.dumps(entry) + "\n")
+        log.flush()
+
+    def save_checkpoint() -> None:
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                 "elapsed": elapsed(), "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+        torch.save(state, checkpoint_path.with_suffix(".tmp"))
+        checkpoint_path.with_suffix(".tmp").replace(checkpoint_path)
+
+    start = time.perf_counter()
+
+    def elapsed() -> float:
+        return elapsed_before + time.perf_counter() - start
+
+    def progress() -> float:
+        by_time = elapsed() / (args.minutes * 60) if args.minutes else 0.0
+        return max(step / args.steps, by_time)
+
+    def learning_rate(p: float) -> float:
+        warm = min(1.0, p / args.warmup) if args.warmup else 1.0
+        return args.lr * warm * 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
+
+    model.train()
+    last_validation = last_checkpoint = last_print = time.perf_counter()
+    window = {"loss": 0.0, "n": 0, "wait": 0.0, "pictures": 0, "t": time.perf_counter()}
+    wait_start = time.perf_counter()
+    for patches, targets in loader(train_set, args.batch, args.workers, start=step * args.batch):
+        window["wait"] += time.perf_counter() - wait_start
+        p = progress()
+        if p >= 1.0:
+            break
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(p)
+        patches = patches.to(device, non_blocking=True).flatten(0, 1)  # [B * views, K, 3, P, P]
+        targets = targets.to(device, non_blocking=True).flatten(0, 1)
+        with autocast:
+            loss = loss_fn(pooled_logits(train_model, patches), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        window["loss"] += loss.detach()
+        window["n"] += 1
+        window["pictures"] += patches.shape[0]
+
+        now = time.perf_counter()
+        if now - last_print >= 10 or step == 1:
+            if cuda:
+                torch.cuda.synchronize()
+            span = time.perf_counter() - window["t"]
+            entry = {"step": step, "elapsed_s": round(elapsed(), 1), "progress": round(p, 4),
+                     "lr": learning_rate(p), "loss": float(window["loss"]) / window["n"],
+                     "patch_sets_per_s": window["pictures"] / span, "data_wait_share": window["wait"] / span}
+            record(entry)
+            print(f"\rstep {step} {100 * p:5.1f}% loss {entry['loss']:.4f} {entry['patch_sets_per_s']:.0f} pictures/s "
+                  f"data wait {100 * entry['data_wait_share']:.0f}%", end="\n" if not sys.stdout.isatty() else "", flush=True)
+            window = {"loss": 0.0, "n": 0, "wait": 0.0, "pictures": 0, "t": time.perf_counter()}
+            last_print = now
+        if now - last_validation >= args.validate_every:
+            entry = {"step": step, "elapsed_s": round(elapsed(), 1), **validate(model, val_batches, device, autocast)}
+            record(entry)
+            print(f"\nvalidation {json.dumps(entry)}", flush=True)
+            last_validation = time.perf_counter()
+        if now - last_checkpoint >= args.checkpoint_every:
+            save_checkpoint()
+            last_checkpoint = time.perf_counter()
+        wait_start = time.perf_counter()
+
+    entry = {"step": step, "elapsed_s": round(elapsed(), 1), "final": True, **validate(model, val_batches, device, autocast)}
+    record(entry)
+    print(f"\nfinal {json.dumps(entry)}", flush=True)
+    save_checkpoint()
+    save_weights_fp16(model, run / "weights.fp16.pt")
+    if args.weights_out:
+        save_weights_fp16(model, args.weights_out)
+    print(f"weights: {run / 'weights.fp16.pt'}" + (f" and {args.weights_out}" if args.weights_out else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
