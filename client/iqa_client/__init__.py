@@ -6,6 +6,7 @@ from iqa_client.errors import (
     IQAError,
     IQATimeoutError,
     ModelError,
+    ServerBusyError,
     ServerError,
     ServerUnreachableError,
 )
@@ -13,5 +14,5 @@ from iqa_client.result import Scores
 
 __all__ = [
     "AsyncIQAClient", "BadImageError", "Health", "IQAClient", "IQAError", "IQATimeoutError", "ModelError",
-    "RetryPolicy", "Scores", "ServerError", "ServerUnreachableError",
+    "RetryPolicy", "Scores", "ServerBusyError", "ServerError", "ServerUnreachableError",
 ]
