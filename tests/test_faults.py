@@ -1,0 +1,84 @@
+"""Faults the real server does not report itself, against a server run with the watchdog.
+
+- a Python-backend stub killed under load (as the OOM killer does): the watchdog's /ready says
+  503 within 5 s, it reloads the model, and answers are correct again; no answer is ever wrong;
+- ordinary clients cannot unload models: the model-repository API needs the launcher's secret.
+
+The three-rounds figures come from `python -m loadtest.faults` (README "Faults").
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from iqa.contract import ENSEMBLE_MODEL, NETWORK_MODEL, PREPROCESS_MODEL, SCORE_NAMES
+from iqa.serving.launcher import Ports, TritonServer, free_ports
+from iqa.serving.watchdog import PROBE_IMAGE, probe, python_stubs
+from loadtest.faults import kill_stub, ready
+from loadtest.pressure import Pressure
+
+NOT_READY_WITHIN_S = 5.0
+# Reloading iqa_preprocess takes ~2 s. The network's stub exists only locally (the NGC image runs it
+# in the libtorch backend, without a stub), and reloading it means loading torch and warming the
+# TorchScript model up on 2 CPU cores, ~9 s idle and more under load.
+CORRECT_AGAIN_WITHIN_S = {PREPROCESS_MODEL: 10.0, NETWORK_MODEL: 30.0}
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("guarded")
+    server = TritonServer(ports=Ports(*free_ports(3)), run_dir=run_dir, log_file=run_dir / "tritonserver.log",
+                          exit_timeout_s=10, watchdog=True, health_port=0)
+    with server:
+        deadline = time.monotonic() + 30
+        while not ready(server.health_url) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        yield server
+
+
+def test_the_probe_image_is_scored_through_the_ensemble(guarded):
+    assert PROBE_IMAGE.startswith(b"\x89PNG")
+    assert probe(guarded.http_url, timeout_s=30).ok
+    assert ready(guarded.health_url)
+
+
+@pytest.mark.parametrize("model", [PREPROCESS_MODEL, NETWORK_MODEL])
+def test_a_killed_stub_is_reported_not_ready_then_reloaded_under_load(guarded, model, photos, score_in_process):
+    expected = [np.array([score_in_process(d)[n] for n in SCORE_NAMES]) for d in photos.values()]
+    assert model in python_stubs(guarded.process.pid)
+    with Pressure(guarded.grpc_url, list(photos.values()), concurrency=3, expected=expected) as load:
+        time.sleep(2)
+        report = kill_stub(guarded, model, load)
+    assert report.wrong_answers == 0, report.line()
+    assert report.not_ready_after_s is not None and report.not_ready_after_s <= NOT_READY_WITHIN_S, report.line()
+    assert report.correct_again_after_s is not None, report.line()
+    assert report.correct_again_after_s <= CORRECT_AGAIN_WITHIN_S[model], report.line()
+    assert ready(guarded.health_url) and guarded.guard.recoveries >= 1
+    assert model in python_stubs(guarded.process.pid), "a new stub serves the model"
+
+
+def test_ordinary_clients_cannot_unload_models(guarded):
+    with grpcclient.InferenceServerClient(guarded.grpc_url) as client:
+        with pytest.raises(InferenceServerException, match="restricted") as refused:
+            client.unload_model(PREPROCESS_MODEL)
+        assert refused.value.status() == "StatusCode.UNAVAILABLE"
+        with pytest.raises(InferenceServerException, match="restricted"):
+            client.unload_model(PREPROCESS_MODEL, headers={"triton-grpc-protocol-iqa-admin-key": "a guess"})
+        assert client.is_model_ready(PREPROCESS_MODEL)
+        # the secret opens the same API (read-only call here)
+        index = client.get_model_repository_index(headers=guarded.admin.grpc_headers, as_json=True)
+        assert {m["name"] for m in index["models"]} >= {PREPROCESS_MODEL, NETWORK_MODEL, ENSEMBLE_MODEL}
+    client = httpclient.InferenceServerClient(guarded.http_url)
+    try:
+        with pytest.raises(InferenceServerException, match="restricted") as refused:
+            client.unload_model(NETWORK_MODEL)
+        assert refused.value.status() == "403"
+        assert client.is_model_ready(NETWORK_MODEL)
+    finally:
+        client.close()  # an open HTTP connection would hold up the server's shutdown (README)
