@@ -24,10 +24,11 @@ from loadtest.faults import kill_stub, ready
 from loadtest.pressure import Pressure
 
 NOT_READY_WITHIN_S = 5.0
-# Reloading iqa_preprocess takes ~2 s. The network's stub exists only locally (the NGC image runs it
-# in the libtorch backend, without a stub), and reloading it means loading torch and warming the
-# TorchScript model up on 2 CPU cores, ~9 s idle and more under load.
-CORRECT_AGAIN_WITHIN_S = {PREPROCESS_MODEL: 10.0, NETWORK_MODEL: 30.0}
+# Measured on 2 CPU cores (python -m loadtest.faults): ~1 s for iqa_preprocess, ~4 s for the network.
+# The network's stub exists only locally (the NGC image runs it in the libtorch backend, without a
+# stub); reloading it loads torch and warms the TorchScript model up, which took up to 9 s in a
+# server that had just started, hence the wider bound.
+CORRECT_AGAIN_WITHIN_S = {PREPROCESS_MODEL: 10.0, NETWORK_MODEL: 20.0}
 
 
 @pytest.fixture(scope="module")
