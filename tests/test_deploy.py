@@ -47,7 +47,8 @@ K8S_VERSIONS = ("1.29.0", "1.37.0")
 # NGC tritonserver release -> the libtorch line it ships. TorchScript loads only in a libtorch at
 # least as new as the torch that traced it, so the image must move with pyproject.toml's torch.
 NGC_LIBTORCH = {"26.09": "2.14"}
-PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
+PORTS = {"grpc": 8001, "metrics": 8002}  # what clients and Prometheus reach
+HTTP_PORT = 8000  # Triton's HTTP: on the pod's loopback, for the watchdog only
 HEALTH_PORT = 8003  # the watchdog's /ready and /live: probes only, no Service port
 GRPC_APP_PROTOCOL = "kubernetes.io/h2c"
 EXIT_TIMEOUT_S = 30
@@ -486,7 +487,9 @@ def test_ports_agree_everywhere(compose, manifests):
     steps = dockerfile(DOCKERFILE)
     options = flags(server_command(steps))
     assert {name: int(options[f"--{name}-port"][0]) for name in PORTS} == PORTS
-    assert Ports() == Ports(**PORTS), "the local launcher's defaults"
+    assert options["--http-port"] == [str(HTTP_PORT)] and options["--http-address"] == ["127.0.0.1"]
+    assert options["--metrics-address"] == ["0.0.0.0"], "metrics would follow --http-address to the loopback"
+    assert Ports() == Ports(http=HTTP_PORT, **PORTS), "the local launcher's defaults"
     (expose,) = only(steps, "EXPOSE", final_stage(steps))
     assert sorted(int(p) for p in expose.args.split()) == sorted([*PORTS.values(), HEALTH_PORT])
     assert sorted(compose["services"]["triton"]["ports"]) == sorted(f"{p}:{p}" for p in PORTS.values())
@@ -524,7 +527,7 @@ def test_health_checks_and_probes_agree(compose, manifests):
     assert {p["name"]: p["containerPort"] for p in container["ports"]}["health"] == HEALTH_PORT
     watchdog = image_command(steps)
     assert watchdog[:3] == ["python3", "-m", "iqa.serving.watchdog"]
-    assert f"--health-port={HEALTH_PORT}" in watchdog and f"--http-port={PORTS['http']}" in watchdog
+    assert f"--health-port={HEALTH_PORT}" in watchdog and f"--http-port={HTTP_PORT}" in watchdog
     startup = container["startupProbe"]
     image_start_period = seconds(re.search(r"--start-period=(\S+)", healthcheck.args)[1])
     assert startup["periodSeconds"] * startup["failureThreshold"] >= image_start_period

@@ -2,14 +2,21 @@
 
 - a Python-backend stub killed under load (as the OOM killer does): the watchdog's /ready says
   503 within 5 s, it reloads the model, and answers are correct again; no answer is ever wrong;
-- ordinary clients cannot unload models: the model-repository API needs the launcher's secret.
+- ordinary clients cannot unload models: the model-repository API needs the launcher's secret;
+- the container's entry point (`python -m iqa.serving.watchdog -- tritonserver ...`) does the same
+  around a bare tritonserver command line, and drains on SIGTERM.
 
 The three-rounds figures come from `python -m loadtest.faults` (README "Faults").
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +25,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from iqa.contract import ENSEMBLE_MODEL, NETWORK_MODEL, PREPROCESS_MODEL, SCORE_NAMES
-from iqa.serving.launcher import Ports, TritonServer, free_ports
+from iqa.serving.launcher import REPO, Ports, TritonServer, free_ports
 from iqa.serving.watchdog import PROBE_IMAGE, probe, python_stubs
 from loadtest.faults import kill_stub, ready
 from loadtest.pressure import Pressure
@@ -83,3 +90,56 @@ def test_ordinary_clients_cannot_unload_models(guarded):
         assert client.is_model_ready(NETWORK_MODEL)
     finally:
         client.close()  # an open HTTP connection would hold up the server's shutdown (README)
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(p) == pid]
+
+
+def _parent(proc: Path) -> int | None:
+    try:
+        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _wait_for(condition, timeout_s: float) -> float | None:
+    """Seconds until condition() held, or None if it did not within timeout_s."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        if condition():
+            return time.monotonic() - start
+        time.sleep(0.1)
+    return None
+
+
+def test_the_container_entry_point_locks_the_admin_api_recovers_a_dead_stub_and_drains_on_sigterm(tmp_path):
+    """What docker/Dockerfile's CMD runs, here around the wheel's tritonserver: the command after "--"
+    carries no restriction flags, the watchdog adds them with its own secret."""
+    ports, health_port = Ports(*free_ports(3)), free_ports(1)[0]
+    args, env = TritonServer(ports=ports, run_dir=tmp_path, exit_timeout_s=10).command()
+    bare = [a for a in args if not a.startswith(("--http-restricted-api", "--grpc-restricted-protocol"))]
+    health = f"http://127.0.0.1:{health_port}"
+    with open(tmp_path / "entrypoint.log", "wb") as log:
+        entry = subprocess.Popen([sys.executable, "-m", "iqa.serving.watchdog", f"--health-port={health_port}",
+                                  f"--http-port={ports.http}", "--", *bare], env=env, cwd=REPO, stdout=log,
+                                 stderr=subprocess.STDOUT)
+    try:
+        assert _wait_for(lambda: ready(health), 180) is not None, (tmp_path / "entrypoint.log").read_text()[-3000:]
+        (server_pid,) = _children(entry.pid)
+        with grpcclient.InferenceServerClient(f"127.0.0.1:{ports.grpc}") as client:
+            with pytest.raises(InferenceServerException, match="restricted"):
+                client.unload_model(PREPROCESS_MODEL)
+
+        os.kill(python_stubs(server_pid)[PREPROCESS_MODEL][0], signal.SIGKILL)
+        assert _wait_for(lambda: not ready(health), NOT_READY_WITHIN_S) is not None
+        assert _wait_for(lambda: ready(health), CORRECT_AGAIN_WITHIN_S[PREPROCESS_MODEL]) is not None
+        assert probe(f"127.0.0.1:{ports.http}", timeout_s=30).ok
+
+        entry.send_signal(signal.SIGTERM)
+        assert entry.wait(timeout=10 + 15) == 0, (tmp_path / "entrypoint.log").read_text()[-3000:]
+        assert _parent(Path(f"/proc/{server_pid}")) is None, "tritonserver outlived the entry point"
+    finally:
+        if entry.poll() is None:
+            entry.kill()
+            entry.wait()

@@ -194,11 +194,15 @@ class Watchdog:
     watchdog.verdict()   # Verdict(ready=True, live=True, reason="scored the probe image")
     """
 
+    # probe_timeout_s: longer than the longest wait the queue policy lets an accepted request have
+    # (2 x 5 s of queue plus a batch), so a probe under overload is answered or refused, not cut off.
     def __init__(self, http_url: str, server_pid: int, access: AdminAccess, *, probe_interval_s: float = 2.0,
-                 probe_timeout_s: float = 10.0, give_up_after_s: float = 60.0, poll_s: float = 0.25) -> None:
+                 probe_timeout_s: float = 30.0, give_up_after_s: float = 60.0, poll_s: float = 0.25,
+                 reload_backoff_s: float = 5.0) -> None:
         self.http_url, self.server_pid, self.access = http_url, server_pid, access
         self.probe_interval_s, self.probe_timeout_s = probe_interval_s, probe_timeout_s
-        self.give_up_after_s, self.poll_s = give_up_after_s, poll_s
+        self.give_up_after_s, self.poll_s, self.reload_backoff_s = give_up_after_s, poll_s, reload_backoff_s
+        self._next_reload = 0.0
         self.stub_models: set[str] = set()  # learnt once the server is ready
         self.recoveries = 0
         self._ready, self._reason = False, "starting"
@@ -250,7 +254,7 @@ class Watchdog:
             if self._draining:
                 continue
             dead = sorted(self.stub_models - set(python_stubs(self.server_pid)))
-            if dead:
+            if dead and time.monotonic() >= self._next_reload:
                 self._recover(dead, f"stub process of {', '.join(dead)} died")
                 pending, next_probe = None, 0.0  # a probe in flight saw the old state
                 continue
@@ -280,7 +284,8 @@ class Watchdog:
                 reload_model(self.http_url, model, self.access)
             except (urllib.error.URLError, OSError) as err:
                 self._set(False, f"reloading {model} failed: {err}")
-                return  # tried again on the next round while the fault persists
+                self._next_reload = time.monotonic() + self.reload_backoff_s  # then again, while it persists
+                return
             self.recoveries += 1
             log.info("watchdog: %s reloaded in %.1f s", model, time.monotonic() - start)
         self._set(False, f"reloaded {', '.join(models)}; waiting for a probe to pass")
@@ -367,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     if not wait_until_ready(http_url, server, args.start_timeout):
+        if server.poll() is not None or watchdog.verdict().reason == "shutting down":
+            return server.wait()
         log.error("tritonserver was not ready within %.0f s: stopping it", args.start_timeout)
         server.send_signal(signal.SIGTERM)
         server.wait()
