@@ -224,7 +224,8 @@ class Watchdog:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=self.probe_timeout_s + 5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.probe_timeout_s + 5)
         self._probes.shutdown(wait=False, cancel_futures=True)
 
     def drain(self) -> None:
