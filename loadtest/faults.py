@@ -20,6 +20,7 @@ import statistics
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,13 +36,15 @@ class FaultReport:
     correct_again_after_s: float | None  # None: not within the wait
     failed_requests: int
     wrong_answers: int
+    seen: str = ""  # what the failed requests got, by status
+
 
     def line(self) -> str:
         def seconds(value):
             return "never" if value is None else f"{value:.1f} s"
         return (f"{self.model}: not ready after {seconds(self.not_ready_after_s)}, correct answers again after "
                 f"{seconds(self.correct_again_after_s)}, {self.failed_requests} failed requests, "
-                f"{self.wrong_answers} wrong answers")
+                f"{self.wrong_answers} wrong answers{' (' + self.seen + ')' if self.seen else ''}")
 
 
 def ready(health_url: str) -> bool:
@@ -75,8 +78,11 @@ def kill_stub(server: TritonServer, model: str, load: Pressure, *, wait_s: float
     last_failure_sent = max((o.sent_s for o in failed), default=killed)
     recovered = [o.sent_s for o in after if o.ok and o.sent_s > last_failure_sent]
     correct_again = (min(recovered) - killed) if recovered else None
+    seen = Counter(f"{o.status.removeprefix('StatusCode.')} {o.message.split(',')[-1].strip()[:60]!r}"
+                   for o in failed)
     return FaultReport(model, None if not_ready_at is None else not_ready_at - killed, correct_again,
-                       len(failed), sum(o.status == WRONG for o in after))
+                       len(failed), sum(o.status == WRONG for o in after),
+                       "; ".join(f"{n} {what}" for what, n in seen.most_common()))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -366,8 +366,13 @@ class TritonServer:
 
     def start_watchdog(self) -> None:
         """Watch the ready server (reload dead stubs) and serve /ready and /live on health_port."""
-        self.guard = Watchdog(self.http_url, self.process.pid, self.admin).start()
-        self.health = HealthServer(self.guard, self.health_port).start()
+        guard = Watchdog(self.http_url, self.process.pid, self.admin)
+        try:
+            self.health = HealthServer(guard, self.health_port).start()
+        except OSError as err:
+            raise LaunchError(f"the health port {self.health_port} cannot be opened ({err}): stop what holds it "
+                              f"or pass --health-port") from None
+        self.guard = guard.start()
         log.info("health: %s/ready and /live (a real inference through %s)", self.health_url, ENSEMBLE_MODEL)
 
     def stop(self) -> int | None:
@@ -456,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     server = TritonServer(repository=args.model_repository, run_dir=args.run_dir,
                           ports=Ports(args.http_port, args.grpc_port, args.metrics_port),
                           tritonserver=args.tritonserver, exit_timeout_s=args.exit_timeout,
-                          log_verbose=args.log_verbose, watchdog=True, health_port=args.health_port)
+                          log_verbose=args.log_verbose, health_port=args.health_port)
 
     stopping = False
 
