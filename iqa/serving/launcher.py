@@ -335,7 +335,7 @@ class TritonServer:
     def start(self) -> TritonServer:
         check_ports_free(self.ports)
         args, env = self.command()
-        log.info("starting %s", " ".join(args))
+        log.info("starting %s", " ".join(args).replace(self.admin.secret, "<admin secret>"))
         output = open(self.log_file, "ab") if self.log_file else None
         try:
             # Own session: a Ctrl-C in the terminal reaches the launcher, which drains the server itself.
