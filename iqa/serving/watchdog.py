@@ -203,7 +203,7 @@ class Watchdog:
         self.probe_interval_s, self.probe_timeout_s = probe_interval_s, probe_timeout_s
         self.give_up_after_s, self.poll_s, self.reload_backoff_s = give_up_after_s, poll_s, reload_backoff_s
         self._next_reload = 0.0
-        self.stub_models: set[str] = set()  # learnt once the server is ready
+        self.stubs: dict[str, int] = {}  # model -> how many stubs it runs (one per instance), learnt at start
         self.recoveries = 0
         self._ready, self._reason = False, "starting"
         self._not_ready_since = time.monotonic()
@@ -214,11 +214,11 @@ class Watchdog:
         self._probes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="iqa-probe")
 
     def start(self) -> Watchdog:
-        self.stub_models = set(python_stubs(self.server_pid))
+        self.stubs = {model: len(pids) for model, pids in python_stubs(self.server_pid).items()}
         with self._lock:
             self._started, self._not_ready_since = True, time.monotonic()
         log.info("watchdog: probing %s every %.1f s; stubs watched: %s", ENSEMBLE_MODEL, self.probe_interval_s,
-                 ", ".join(sorted(self.stub_models)) or "none")
+                 ", ".join(f"{model} ({count})" for model, count in sorted(self.stubs.items())) or "none")
         self._thread.start()
         return self
 
@@ -254,7 +254,8 @@ class Watchdog:
         while not self._stop.wait(self.poll_s):
             if self._draining:
                 continue
-            dead = sorted(self.stub_models - set(python_stubs(self.server_pid)))
+            alive = python_stubs(self.server_pid)
+            dead = sorted(model for model, count in self.stubs.items() if len(alive.get(model, ())) < count)
             if dead and time.monotonic() >= self._next_reload:
                 self._recover(dead, f"stub process of {', '.join(dead)} died")
                 pending, next_probe = None, 0.0  # a probe in flight saw the old state
