@@ -6,7 +6,7 @@
 # 1. builds docker/Dockerfile (and the small client image docker/Dockerfile.locust);
 # 2. runs the server as docker/k8s runs it: one GPU, non-root, read-only root filesystem with
 #    /tmp as tmpfs, 1g /dev/shm;
-# 3. waits for the image's HEALTHCHECK to report healthy (/v2/health/ready, all models loaded);
+# 3. waits for the image's HEALTHCHECK to report healthy (the watchdog's /ready on 8003: a real inference passed);
 # 4. scores tests/data/sheep.jpg over gRPC from a second container on the server's network
 #    (docker/prove_client.py): three outputs, FP32 [1, 1], in [0, 1]; iqa_resnet50 on the libtorch
 #    backend with a GPU instance; the autoscaling metrics exported on 8002;

@@ -29,6 +29,7 @@ import pytest
 
 from iqa import contract
 from iqa.serving.launcher import DEFAULT_REPOSITORY, MODELS, PYTHON_SHM_BYTES, Ports
+from iqa.serving.watchdog import AdminAccess
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKER = REPO / "docker"
@@ -46,7 +47,9 @@ K8S_VERSIONS = ("1.29.0", "1.37.0")
 # NGC tritonserver release -> the libtorch line it ships. TorchScript loads only in a libtorch at
 # least as new as the torch that traced it, so the image must move with pyproject.toml's torch.
 NGC_LIBTORCH = {"26.09": "2.14"}
-PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
+PORTS = {"grpc": 8001, "metrics": 8002}  # what clients and Prometheus reach
+HTTP_PORT = 8000  # Triton's HTTP: on the pod's loopback, for the watchdog only
+HEALTH_PORT = 8003  # the watchdog's /ready and /live: probes only, no Service port
 GRPC_APP_PROTOCOL = "kubernetes.io/h2c"
 EXIT_TIMEOUT_S = 30
 # A full dynamic batch of preprocess output: the least the Python backend's shm region must hold.
@@ -103,9 +106,15 @@ def final_stage(instructions: list[Instruction]) -> int:
     return max(i.stage for i in instructions)
 
 
-def server_command(instructions: list[Instruction]) -> list[str]:
+def image_command(instructions: list[Instruction]) -> list[str]:
     (cmd,) = only(instructions, "CMD")
     return json.loads(cmd.args)
+
+
+def server_command(instructions: list[Instruction]) -> list[str]:
+    """The tritonserver command line the watchdog (the image's CMD) starts: what follows "--"."""
+    command = image_command(instructions)
+    return command[command.index("--") + 1:]
 
 
 def flags(command: list[str]) -> dict[str, list[str]]:
@@ -296,7 +305,8 @@ def test_the_image_serves_exactly_the_repository_model_configs():
     options = flags(command)
     assert command[0] == "tritonserver"
     assert options["--model-repository"] == ["/models"]
-    assert options["--model-control-mode"] == ["none"]  # load everything in the repository at start
+    # Load everything in the repository at start; explicit mode lets the watchdog reload a model.
+    assert options["--model-control-mode"] == ["explicit"] and options["--load-model"] == ["*"]
     assert "--disable-auto-complete-config" in options  # serve the committed configs as they are
     copies = [i.args.split() for i in only(steps, "COPY", last)]
     assert ["model_repository/", "/models/"] in copies
@@ -380,14 +390,15 @@ def test_the_export_stage_imports_the_export_from_what_it_copies(tmp_path):
     assert result.returncode == 0, result.stderr
 
 
-def test_the_runtime_image_holds_exactly_what_the_preprocess_model_imports(tmp_path):
+def test_the_runtime_image_holds_exactly_what_the_preprocess_model_and_the_watchdog_import(tmp_path):
     """The final stage copies modules to /tmp/<package>/ and moves them into site-packages; here that
-    layout imports model.py with numpy and Pillow only: no torch, no gRPC client."""
+    layout imports model.py and the watchdog (the entry point) with numpy and Pillow only: no torch,
+    no gRPC client."""
     steps = dockerfile(DOCKERFILE)
     last = final_stage(steps)
     site = tmp_path / "site-packages"
-    staged = [c for c in only(steps, "COPY", last) if re.fullmatch(r"/tmp/\w+/", c.args.split()[-1])]
-    assert {c.args.split()[-1] for c in staged} == {"/tmp/iqa/", "/tmp/iqa_client/"}
+    staged = [c for c in only(steps, "COPY", last) if re.fullmatch(r"/tmp/[\w/]+/", c.args.split()[-1])]
+    assert {c.args.split()[-1] for c in staged} == {"/tmp/iqa/", "/tmp/iqa/serving/", "/tmp/iqa_client/"}
     for copy in staged:  # /tmp/<package>/ -> site-packages/<package>/, as the RUN after them does
         copy_into(site, "/", Instruction(last, "COPY", copy.args.replace(" /tmp/", " /")))
     assert not (site / "iqa_client" / "__init__.py").exists(), "iqa_client's __init__ imports the gRPC client"
@@ -396,18 +407,18 @@ def test_the_runtime_image_holds_exactly_what_the_preprocess_model_imports(tmp_p
             "sys.modules['triton_python_backend_utils'] = types.ModuleType('triton_python_backend_utils')\n"
             f"spec = importlib.util.spec_from_file_location('model', {str(model)!r})\n"
             "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
-            "import iqa\n"
+            "import iqa, iqa.serving.watchdog\n"
             "assert iqa.__file__.startswith(sys.path[0]), iqa.__file__\n"
             "loaded = {m for m in sys.modules if m.split('.')[0] in ('iqa', 'iqa_client')}\n"
             "heavy = {m for m in ('torch', 'torchvision', 'tritonclient', 'grpc') if m in sys.modules}\n"
             "print(sorted(loaded)); assert not heavy, heavy\n")
     result = import_in_layout([site], code)
     assert result.returncode == 0, result.stderr
-    copied = {f"{p.parent.name}.{p.stem}" for p in site.rglob("*.py")} - {"iqa.__init__"}
-    assert set(ast.literal_eval(result.stdout.strip())) == copied | {"iqa", "iqa_client"}, "every copied module is used"
+    copied = {".".join(p.relative_to(site).with_suffix("").parts).removesuffix(".__init__") for p in site.rglob("*.py")}
+    assert set(ast.literal_eval(result.stdout.strip())) == copied | {"iqa_client"}, "every copied module is used"
     # Into site-packages, since the stub ignores PYTHONPATH; verified by importing at build time.
     install = " ".join(i.args for i in only(steps, "RUN", last))
-    assert "import iqa.contract, iqa.preprocess" in install
+    assert "import iqa.contract, iqa.preprocess, iqa.serving.watchdog" in install
     assert not any("PYTHONPATH" in i.args for i in only(steps, "ENV", last)), "the stub would not see it"
 
 
@@ -476,12 +487,14 @@ def test_ports_agree_everywhere(compose, manifests):
     steps = dockerfile(DOCKERFILE)
     options = flags(server_command(steps))
     assert {name: int(options[f"--{name}-port"][0]) for name in PORTS} == PORTS
-    assert Ports() == Ports(**PORTS), "the local launcher's defaults"
+    assert options["--http-port"] == [str(HTTP_PORT)] and options["--http-address"] == ["127.0.0.1"]
+    assert options["--metrics-address"] == ["0.0.0.0"], "metrics would follow --http-address to the loopback"
+    assert Ports() == Ports(http=HTTP_PORT, **PORTS), "the local launcher's defaults"
     (expose,) = only(steps, "EXPOSE", final_stage(steps))
-    assert sorted(int(p) for p in expose.args.split()) == sorted(PORTS.values())
+    assert sorted(int(p) for p in expose.args.split()) == sorted([*PORTS.values(), HEALTH_PORT])
     assert sorted(compose["services"]["triton"]["ports"]) == sorted(f"{p}:{p}" for p in PORTS.values())
     container = server_container(manifests)
-    assert {p["name"]: p["containerPort"] for p in container["ports"]} == PORTS
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {**PORTS, "health": HEALTH_PORT}
     services = {name: s for (kind, name), s in manifests.items() if kind == "Service"}
     assert {p["name"]: (p["port"], p["targetPort"]) for p in services["iqa-triton"]["spec"]["ports"]} == \
         {name: (port, name) for name, port in PORTS.items()}
@@ -490,7 +503,8 @@ def test_ports_agree_everywhere(compose, manifests):
         assert grpc and grpc[0]["appProtocol"] == GRPC_APP_PROTOCOL and grpc[0]["port"] == PORTS["grpc"]
     assert services["iqa-triton-grpc"]["spec"]["clusterIP"] == "None"
     (policy,) = [v for (kind, _), v in manifests.items() if kind == "NetworkPolicy"]
-    assert sorted(p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]) == sorted(PORTS.values())
+    assert sorted(p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]) == \
+        sorted([*PORTS.values(), HEALTH_PORT])
     locust = compose["services"]["locust"]
     assert locust["environment"]["LOCUST_HOST"] == f"triton:{PORTS['grpc']}"
     assert locust["environment"]["LOCUST_LOCUSTFILE"] == "loadtest/locustfile.py"
@@ -500,16 +514,20 @@ def test_ports_agree_everywhere(compose, manifests):
 def test_health_checks_and_probes_agree(compose, manifests):
     steps = dockerfile(DOCKERFILE)
     (healthcheck,) = only(steps, "HEALTHCHECK")
-    ready_url = f"http://127.0.0.1:{PORTS['http']}/v2/health/ready"
+    ready_url = f"http://127.0.0.1:{HEALTH_PORT}/ready"
     image_check = json.loads(healthcheck.args[healthcheck.args.index("CMD") + 3:].strip())
     assert ready_url in image_check[-1]
     compose_check = compose["services"]["triton"]["healthcheck"]
     assert compose_check["test"] == ["CMD", *image_check], "compose runs the image's own health check"
     assert "--strict-readiness" in flags(server_command(steps))  # ready = every model ready
     container = server_container(manifests)
-    for probe, path in (("startupProbe", "/v2/health/ready"), ("readinessProbe", "/v2/health/ready"),
-                        ("livenessProbe", "/v2/health/live")):
-        assert container[probe]["httpGet"] == {"path": path, "port": "http"}, probe
+    # Every probe asks the watchdog: Triton's own endpoints stay true with a dead stub.
+    for probe, path in (("startupProbe", "/ready"), ("readinessProbe", "/ready"), ("livenessProbe", "/live")):
+        assert container[probe]["httpGet"] == {"path": path, "port": "health"}, probe
+    assert {p["name"]: p["containerPort"] for p in container["ports"]}["health"] == HEALTH_PORT
+    watchdog = image_command(steps)
+    assert watchdog[:3] == ["python3", "-m", "iqa.serving.watchdog"]
+    assert f"--health-port={HEALTH_PORT}" in watchdog and f"--http-port={HTTP_PORT}" in watchdog
     startup = container["startupProbe"]
     image_start_period = seconds(re.search(r"--start-period=(\S+)", healthcheck.args)[1])
     assert startup["periodSeconds"] * startup["failureThreshold"] >= image_start_period
@@ -629,3 +647,18 @@ def test_prove_client_scores_through_the_local_server(triton):
     result = run([sys.executable, DOCKER / "prove_client.py", "--url", triton.grpc_url, "--image", "tests/data/sheep.jpg",
                   "--expect-libtorch-gpu"])
     assert result.returncode == 1 and "not pytorch_libtorch" in result.stderr
+
+
+def test_only_the_watchdog_can_load_or_unload_models():
+    """The image's command line holds no admin secret: the watchdog adds the restriction flags with a
+    secret drawn at start (tests/test_faults.py checks the refusal on a real server)."""
+    image = " ".join(image_command(dockerfile(DOCKERFILE)))
+    assert "restricted" not in image and "iqa-admin-key" not in image
+    access = AdminAccess()
+    flags_ = flags(["tritonserver", *access.server_flags()])
+    for flag in ("--http-restricted-api", "--grpc-restricted-protocol"):
+        (value,) = flags_[flag]
+        apis, _, header = value.partition(":")
+        assert {"model-repository", "shared-memory"} <= set(apis.split(","))
+        assert header == f"{access.key}={access.secret}" and len(access.secret) >= 24
+    assert AdminAccess().secret != access.secret

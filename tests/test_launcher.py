@@ -100,3 +100,12 @@ def test_the_start_up_log_says_plainly_when_the_model_is_untrained(tmp_path, cap
     trained = launcher.read_model_metadata(launcher.DEFAULT_REPOSITORY / "iqa_resnet50" / "1" / "model.pt")["trained"]
     assert server.trained is trained
     assert ("scores it serves are NOT meaningful" in caplog.text) is (not trained)
+
+
+def test_the_admin_secret_reaches_the_server_but_not_the_log(tmp_path, caplog, monkeypatch):
+    server = TritonServer(ports=Ports(*launcher.free_ports(3)), run_dir=tmp_path)
+    monkeypatch.setattr(subprocess, "Popen", lambda args, **kwargs: type("P", (), {"args": args})())
+    with caplog.at_level("INFO", logger="iqa.launcher"):
+        server.start()
+    assert any(server.admin.secret in arg for arg in server.process.args)
+    assert "starting" in caplog.text and server.admin.secret not in caplog.text

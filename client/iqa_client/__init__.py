@@ -18,6 +18,7 @@ _EXPORTS = {
     "IQAError": "iqa_client.errors",
     "IQATimeoutError": "iqa_client.errors",
     "ModelError": "iqa_client.errors",
+    "ServerBusyError": "iqa_client.errors",
     "ServerError": "iqa_client.errors",
     "ServerUnreachableError": "iqa_client.errors",
     "Scores": "iqa_client.result",
@@ -34,6 +35,7 @@ def __getattr__(name: str):
 if TYPE_CHECKING:
     from iqa_client.client import AsyncIQAClient, Health, IQAClient, RetryPolicy  # noqa: F401
     from iqa_client.errors import (  # noqa: F401
-        BadImageError, IQAError, IQATimeoutError, ModelError, ServerError, ServerUnreachableError,
+        BadImageError, IQAError, IQATimeoutError, ModelError, ServerBusyError, ServerError,
+        ServerUnreachableError,
     )
     from iqa_client.result import Scores  # noqa: F401

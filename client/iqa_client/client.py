@@ -7,7 +7,9 @@
 
 Every call has a timeout (the client's default or the call's own). Transient statuses
 (UNAVAILABLE, RESOURCE_EXHAUSTED) are retried with jittered exponential backoff inside that
-timeout; nothing else is retried (a bad image stays bad). Failures are IQAError subclasses.
+timeout, and so is NOT_FOUND "has no available versions", which a server answers while it unloads
+or reloads the model (graceful shutdown, recovery); nothing else is retried (a bad image stays bad).
+Failures are IQAError subclasses.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from iqa_client.errors import (
     IQAError,
     IQATimeoutError,
     ModelError,
+    ServerBusyError,
     ServerError,
     ServerUnreachableError,
 )
@@ -41,6 +44,10 @@ from iqa_client.result import Scores
 
 DEFAULT_URL = os.environ.get("IQA_URL", "127.0.0.1:8001")
 TRANSIENT = ("StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED")
+# The model is being unloaded or reloaded: a moment later this server (or another) serves it again.
+RELOADING = ("StatusCode.NOT_FOUND", "has no available versions")
+# UNAVAILABLE from the server's queue policy (model configs, default_queue_policy): it is at capacity.
+OVERLOADED = ("Exceeds maximum queue size", "Request timeout expired")
 Outcome = Scores | IQAError
 Progress = Callable[[int, int | None], None]  # (done, total or None)
 
@@ -91,6 +98,8 @@ def _error(err: InferenceServerException, url: str, model: str, index=None, sour
         return BadImageError(reason, index=index, source=source)
     if status == "StatusCode.DEADLINE_EXCEEDED":
         return IQATimeoutError(f"no answer from {url} within the timeout ({message})")
+    if status == "StatusCode.UNAVAILABLE" and any(m in message for m in OVERLOADED):
+        return ServerBusyError(f"Triton at {url} is at capacity and refused the request: {message}")
     if status == "StatusCode.UNAVAILABLE":
         return ServerUnreachableError(f"Triton at {url} is unreachable: {message}")
     if status == "StatusCode.NOT_FOUND" or "unknown model" in message:
@@ -128,7 +137,9 @@ def _video_plan(path, fps, frames, progress):
 def _retry_pause(retry: RetryPolicy, err: InferenceServerException, attempt: int, deadline: _Deadline) -> float | None:
     """Seconds to wait before the next attempt, or None when this failure is final."""
     pause = retry.backoff(attempt)
-    if str(err.status()) not in TRANSIENT or attempt + 1 >= retry.attempts or pause >= deadline.left():
+    status, message = str(err.status()), err.message() or ""
+    transient = status in TRANSIENT or (status == RELOADING[0] and RELOADING[1] in message)
+    if not transient or attempt + 1 >= retry.attempts or pause >= deadline.left():
         return None
     return pause
 

@@ -11,6 +11,11 @@ class ServerUnreachableError(IQAError):
     """No Triton server answers at the URL (refused, DNS, TLS, or not live)."""
 
 
+class ServerBusyError(IQAError):
+    """The server refused the request because it is at capacity (its queue is full, or the request
+    waited its queue's time limit): UNAVAILABLE after every retry. Try again later or elsewhere."""
+
+
 class ModelError(IQAError):
     """The model is missing, not ready, or not the expected contract (checked at connect)."""
 

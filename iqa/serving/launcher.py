@@ -11,8 +11,12 @@
    there is no GPU, and where the `pytorch_libtorch` backend is absent (everywhere
    but the NGC image) `iqa_resnet50` is served from the same model.pt by a
    Python-backend TorchScript runner (iqa.serving.torchscript_model);
-4. starts the server, waits until every model is ready, and stops it cleanly on
-   SIGINT / SIGTERM.
+4. starts the server in explicit model-control mode with the model-repository API locked
+   behind a per-run secret header, waits until every model is ready, and stops it cleanly on
+   SIGINT / SIGTERM;
+5. runs the watchdog (iqa.serving.watchdog): a real inference through the ensemble every few
+   seconds and a watch on the Python-backend stubs; a dead stub's model is reloaded, and the
+   health port (8003) answers /ready and /live truthfully, which Triton's own endpoints do not.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from pathlib import Path
 from typing import Callable
 
 from iqa.contract import ENSEMBLE_MODEL, NETWORK_MODEL, PREPROCESS_MODEL
+from iqa.serving.watchdog import AdminAccess, HealthServer, Watchdog
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_REPOSITORY = REPO / "model_repository"
@@ -263,8 +268,15 @@ class TritonServer:
     log_file: Path | None = None  # server output; None: inherit this process's stdout/stderr
     extra_args: list[str] = field(default_factory=list)
     config_edit: Callable[[str, str], str] | None = None  # see prepare_repository
+    # The watchdog (reload of a dead stub's model, truthful /ready and /live on health_port; 0 picks a
+    # free port). Off by default: its probe inferences would show in the statistics tests count.
+    watchdog: bool = False
+    health_port: int = 8003
+    admin: AdminAccess = field(default_factory=AdminAccess)  # the secret for load / unload
     process: subprocess.Popen | None = None
     trained: bool = False  # set at start from the record inside model.pt
+    guard: Watchdog | None = None
+    health: HealthServer | None = None
 
     @property
     def grpc_url(self) -> str:
@@ -273,6 +285,11 @@ class TritonServer:
     @property
     def http_url(self) -> str:
         return f"127.0.0.1:{self.ports.http}"
+
+    @property
+    def health_url(self) -> str:
+        """http://127.0.0.1:<port> of the watchdog's /ready and /live (with watchdog=True, once started)."""
+        return f"http://127.0.0.1:{self.health.port}" if self.health else ""
 
     def command(self) -> tuple[list[str], dict[str, str]]:
         """Prepare backends and repository; return the server's command line and environment."""
@@ -295,6 +312,14 @@ class TritonServer:
             f"--exit-timeout-secs={self.exit_timeout_s}",
             f"--log-verbose={self.log_verbose}",
             "--strict-readiness=true",
+            # Explicit mode loads everything at start, as "none" would, and lets the watchdog reload a
+            # model whose stub died; only the holder of self.admin's secret may load or unload.
+            "--model-control-mode=explicit",
+            "--load-model=*",
+            *self.admin.server_flags(),
+            # The configs are complete: without auto-complete the Python backend starts no extra stub
+            # per model at load, which takes seconds off every (re)load.
+            "--disable-auto-complete-config",
             f"--backend-config=python,shm-default-byte-size={PYTHON_SHM_BYTES}",
             # Shared-memory regions are named per server, so several servers can share a machine.
             f"--backend-config=python,shm-region-prefix-name=iqa_{os.getpid()}_{self.ports.grpc}_",
@@ -317,7 +342,7 @@ class TritonServer:
     def start(self) -> TritonServer:
         check_ports_free(self.ports)
         args, env = self.command()
-        log.info("starting %s", " ".join(args))
+        log.info("starting %s", " ".join(args).replace(self.admin.secret, "<admin secret>"))
         output = open(self.log_file, "ab") if self.log_file else None
         try:
             # Own session: a Ctrl-C in the terminal reaches the launcher, which drains the server itself.
@@ -346,8 +371,31 @@ class TritonServer:
         self.stop()
         raise LaunchError(f"tritonserver was not ready within {self.ready_timeout_s:.0f} s")
 
+    def start_watchdog(self) -> None:
+        """Watch the ready server (reload dead stubs) and serve /ready and /live on health_port."""
+        guard = Watchdog(self.http_url, self.process.pid, self.admin)
+        try:
+            self.health = HealthServer(guard, self.health_port).start()
+        except OSError as err:
+            raise LaunchError(f"the health port {self.health_port} cannot be opened ({err}): stop what holds it "
+                              f"or pass --health-port") from None
+        self.guard = guard.start()
+        log.info("health: %s/ready and /live (a real inference through %s)", self.health_url, ENSEMBLE_MODEL)
+
     def stop(self) -> int | None:
         """SIGTERM (Triton drains in-flight requests), SIGKILL after the exit timeout plus a margin."""
+        if self.guard:
+            self.guard.drain()
+        try:
+            return self._stop_server()
+        finally:
+            if self.guard:
+                self.guard.stop()
+            if self.health:
+                self.health.stop()
+            self.guard = self.health = None
+
+    def _stop_server(self) -> int | None:
         if self.process is None or self.process.poll() is not None:
             return None if self.process is None else self.process.returncode
         self.process.send_signal(signal.SIGTERM)
@@ -362,6 +410,8 @@ class TritonServer:
         self.start()
         try:
             self.wait_ready()
+            if self.watchdog:
+                self.start_watchdog()
         except BaseException:
             self.stop()
             raise
@@ -408,6 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument("--health-port", type=int, default=8003, help="the watchdog's /ready and /live")
     parser.add_argument("--exit-timeout", type=int, default=30, help="seconds Triton waits for in-flight requests")
     parser.add_argument("--log-verbose", type=int, default=0)
     parser.add_argument("--sample", type=Path, help="score this image through the ensemble once ready")
@@ -417,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     server = TritonServer(repository=args.model_repository, run_dir=args.run_dir,
                           ports=Ports(args.http_port, args.grpc_port, args.metrics_port),
                           tritonserver=args.tritonserver, exit_timeout_s=args.exit_timeout,
-                          log_verbose=args.log_verbose)
+                          log_verbose=args.log_verbose, health_port=args.health_port)
 
     stopping = False
 
@@ -433,15 +484,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server.start()
         server.wait_ready()
+        server.start_watchdog()
         if args.sample:
             scores = score_sample(server.grpc_url, args.sample)
             log.info("%s scored through %s over gRPC: %s%s", args.sample, ENSEMBLE_MODEL,
                      "  ".join(f"{k}={v:.4f}" for k, v in scores.items()),
                      "" if server.trained else "  (UNTRAINED model: these numbers mean nothing yet)")
         log.info("serving until Ctrl-C")
-        code = server.process.wait()
-        log.error("tritonserver exited on its own with code %s", code)
-        return code or 1
+        while server.process.poll() is None:
+            if not server.guard.verdict().live:
+                log.error("not ready for %.0f s and recovery failed: stopping (%s)", server.guard.give_up_after_s,
+                          server.guard.verdict().reason)
+                server.stop()
+                return 1
+            time.sleep(1)
+        log.error("tritonserver exited on its own with code %s", server.process.returncode)
+        server.stop()
+        return server.process.returncode or 1
     except LaunchError as err:
         log.error("%s", err)
         server.stop()

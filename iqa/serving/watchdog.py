@@ -1,0 +1,397 @@
+"""Health that tells the truth, and recovery from a dead Python-backend stub.
+
+Triton keeps answering ready when a Python-backend stub process dies (SIGKILL, the OOM killer):
+every later request to that model fails with "Stub process '<model>_0_0' is not healthy" while
+/v2/health/ready says true. The watchdog watches what Triton does not:
+
+- the stub processes of the Python-backend models (children of tritonserver), every half second;
+- a real inference of a small built-in image through the public ensemble, every `probe_interval_s`.
+
+A dead or unhealthy stub is recovered by unloading and loading its model (the server runs in
+explicit model-control mode; the model-repository API is restricted to a secret header that only
+the watchdog knows, see `AdminAccess`). It serves the verdict over HTTP on the health port:
+
+    GET /ready  200 while the last probe scored the image and every stub is alive; else 503
+    GET /live   503 once the service has been not ready for `give_up_after_s` (recovery failed):
+                the orchestrator should restart the container
+
+Standard library only: it also runs inside the NGC image as the container's entry point
+(`python3 -m iqa.serving.watchdog -- tritonserver ...`), where it starts the server, adds the
+restricted-API flags with a fresh secret, forwards SIGTERM, and exits when recovery fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import secrets
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from iqa.contract import ENSEMBLE_MODEL, IMAGE_INPUT, SCORE_NAMES
+
+log = logging.getLogger("iqa.watchdog")
+
+STUB_BINARY = "triton_python_backend_stub"
+# What Triton answers when the queue policy refuses a request (model configs: default_queue_policy).
+# A probe refused this way says the server is busy, not broken.
+OVERLOAD_MESSAGES = ("Exceeds maximum queue size", "Request timeout expired")
+_UNHEALTHY_STUB = re.compile(r"Stub process '(?P<instance>[^']+)' is not healthy")
+# Triton's APIs that change what the server serves or reads: only the watchdog may call them.
+RESTRICTED_HTTP = "model-repository,shared-memory,trace,logging"
+RESTRICTED_GRPC = RESTRICTED_HTTP
+
+
+@dataclass(frozen=True)
+class AdminAccess:
+    """The secret header that unlocks Triton's model-repository API (load / unload).
+
+    tritonserver checks `--http-restricted-api=<apis>:<key>=<value>` against the HTTP header <key>,
+    and `--grpc-restricted-protocol=<apis>:<key>=<value>` against the gRPC metadata
+    `triton-grpc-protocol-<key>`. Without it a client gets HTTP 403 / gRPC UNAVAILABLE
+    ("This protocol is restricted, expecting header ...").
+    """
+
+    secret: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
+    key: str = "iqa-admin-key"
+
+    def server_flags(self) -> list[str]:
+        return [f"--http-restricted-api={RESTRICTED_HTTP}:{self.key}={self.secret}",
+                f"--grpc-restricted-protocol={RESTRICTED_GRPC}:{self.key}={self.secret}"]
+
+    @property
+    def http_headers(self) -> dict[str, str]:
+        return {self.key: self.secret}
+
+    @property
+    def grpc_headers(self) -> dict[str, str]:
+        return {f"triton-grpc-protocol-{self.key}": self.secret}
+
+
+# --- what the watchdog looks at --------------------------------------------------------------------
+
+
+def probe_image() -> bytes:
+    """A 64 x 64 PNG (a colour gradient with a checker), made here so the probe needs no file."""
+    size = 64
+    rows = b"".join(b"\x00" + bytes(channel for x in range(size) for channel in
+                                    (x * 4, y * 4, 255 if (x // 8 + y // 8) % 2 else 0)) for y in range(size))
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+PROBE_IMAGE = probe_image()
+
+
+@dataclass(frozen=True)
+class Probe:
+    ok: bool
+    busy: bool = False  # refused by the queue policy: says nothing about health
+    message: str = ""
+
+    def unhealthy_model(self) -> str | None:
+        """The model whose stub Triton reported unhealthy ('iqa_preprocess_0_0' -> 'iqa_preprocess')."""
+        match = _UNHEALTHY_STUB.search(self.message)
+        return re.sub(r"(_\d+)+$", "", match["instance"]) if match else None
+
+
+def probe(http_url: str, timeout_s: float, model: str = ENSEMBLE_MODEL) -> Probe:
+    """Score PROBE_IMAGE through `model` over HTTP (binary tensor extension); ok if three scores in [0, 1]."""
+    item = struct.pack("<I", len(PROBE_IMAGE)) + PROBE_IMAGE  # BYTES element: 4-byte length, then the bytes
+    header = json.dumps({
+        "inputs": [{"name": IMAGE_INPUT, "shape": [1, 1], "datatype": "BYTES",
+                    "parameters": {"binary_data_size": len(item)}}],
+        "outputs": [{"name": name, "parameters": {"binary_data": False}} for name in SCORE_NAMES],
+    }).encode()
+    request = urllib.request.Request(f"http://{http_url}/v2/models/{model}/infer", data=header + item, method="POST",
+                                     headers={"Content-Type": "application/octet-stream",
+                                              "Inference-Header-Content-Length": str(len(header))})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            body = json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        message = _error_text(err)
+        return Probe(ok=False, busy=any(m in message for m in OVERLOAD_MESSAGES), message=message)
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        return Probe(ok=False, message=f"no answer: {err}")
+    scores = {o["name"]: o.get("data", []) for o in body.get("outputs", [])}
+    values = [v for name in SCORE_NAMES for v in scores.get(name, [])]
+    if len(values) != len(SCORE_NAMES) or not all(0.0 <= v <= 1.0 for v in values):
+        return Probe(ok=False, message=f"wrong answer: {scores}")
+    return Probe(ok=True)
+
+
+def _error_text(err: urllib.error.HTTPError) -> str:
+    try:
+        return json.loads(err.read()).get("error", str(err))
+    except (ValueError, OSError):
+        return str(err)
+
+
+def python_stubs(server_pid: int) -> dict[str, list[int]]:
+    """Model name -> PIDs of the live Python-backend stubs tritonserver `server_pid` runs for it."""
+    stubs: dict[str, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+            state, parent = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:2]
+        except OSError:
+            continue  # gone meanwhile
+        if command[0].endswith(STUB_BINARY.encode()) and int(parent) == server_pid and state != "Z":
+            model = Path(command[1].decode()).parents[1].name  # <repository>/<model>/<version>/model.py
+            stubs.setdefault(model, []).append(int(entry.name))
+    return stubs
+
+
+def _admin_call(http_url: str, path: str, access: AdminAccess, timeout_s: float) -> None:
+    request = urllib.request.Request(f"http://{http_url}{path}", data=b"{}", method="POST",
+                                     headers={**access.http_headers, "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout_s):
+        pass
+
+
+def reload_model(http_url: str, model: str, access: AdminAccess, timeout_s: float = 300.0) -> None:
+    """Unload then load `model` (loading an unchanged loaded model is a no-op: it keeps a dead stub).
+    The ensemble that uses it goes unready with it and is reloaded by Triton once it is back."""
+    _admin_call(http_url, f"/v2/repository/models/{model}/unload", access, timeout_s)
+    _admin_call(http_url, f"/v2/repository/models/{model}/load", access, timeout_s)
+
+
+# --- the watchdog --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Verdict:
+    ready: bool
+    live: bool
+    reason: str
+
+
+class Watchdog:
+    """Watches one tritonserver (its PID and HTTP address), recovers dead stubs, and judges health.
+
+    watchdog = Watchdog(server.http_url, server.process.pid, access).start()
+    watchdog.verdict()   # Verdict(ready=True, live=True, reason="scored the probe image")
+    """
+
+    # probe_timeout_s: longer than the longest wait the queue policy lets an accepted request have
+    # (2 x 5 s of queue plus a batch), so a probe under overload is answered or refused, not cut off.
+    def __init__(self, http_url: str, server_pid: int, access: AdminAccess, *, probe_interval_s: float = 2.0,
+                 probe_timeout_s: float = 30.0, give_up_after_s: float = 60.0, poll_s: float = 0.25,
+                 reload_backoff_s: float = 5.0) -> None:
+        self.http_url, self.server_pid, self.access = http_url, server_pid, access
+        self.probe_interval_s, self.probe_timeout_s = probe_interval_s, probe_timeout_s
+        self.give_up_after_s, self.poll_s, self.reload_backoff_s = give_up_after_s, poll_s, reload_backoff_s
+        self._next_reload = 0.0
+        self.stubs: dict[str, int] = {}  # model -> how many stubs it runs (one per instance), learnt at start
+        self.recoveries = 0
+        self._ready, self._reason = False, "starting"
+        self._not_ready_since = time.monotonic()
+        self._draining, self._started = False, False
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="iqa-watchdog", daemon=True)
+        self._probes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="iqa-probe")
+
+    def start(self) -> Watchdog:
+        self.stubs = {model: len(pids) for model, pids in python_stubs(self.server_pid).items()}
+        with self._lock:
+            self._started, self._not_ready_since = True, time.monotonic()
+        log.info("watchdog: probing %s every %.1f s; stubs watched: %s", ENSEMBLE_MODEL, self.probe_interval_s,
+                 ", ".join(f"{model} ({count})" for model, count in sorted(self.stubs.items())) or "none")
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.probe_timeout_s + 5)
+        self._probes.shutdown(wait=False, cancel_futures=True)
+
+    def drain(self) -> None:
+        """Shutdown has begun: say not ready at once, so load balancers stop sending new requests."""
+        self._draining = True
+        self._set(False, "shutting down")
+
+    def verdict(self) -> Verdict:
+        with self._lock:
+            stale = time.monotonic() - self._not_ready_since if not self._ready else 0.0
+            # Before start() the startup probe judges; while draining, exiting is already under way.
+            live = not self._started or self._draining or stale < self.give_up_after_s
+            return Verdict(self._ready and not self._draining, live, self._reason)
+
+    def _set(self, ready: bool, reason: str) -> None:
+        with self._lock:
+            if ready != self._ready:
+                log.log(logging.INFO if ready else logging.WARNING, "watchdog: %s (%s)",
+                        "ready" if ready else "NOT ready", reason)
+                self._not_ready_since = time.monotonic()
+            self._ready, self._reason = ready, reason
+
+    def _run(self) -> None:
+        pending: Future | None = None
+        next_probe = 0.0
+        while not self._stop.wait(self.poll_s):
+            if self._draining:
+                continue
+            alive = python_stubs(self.server_pid)
+            dead = sorted(model for model, count in self.stubs.items() if len(alive.get(model, ())) < count)
+            if dead and time.monotonic() >= self._next_reload:
+                self._recover(dead, f"stub process of {', '.join(dead)} died")
+                pending, next_probe = None, 0.0  # a probe in flight saw the old state
+                continue
+            if pending is None and time.monotonic() >= next_probe:
+                pending = self._probes.submit(probe, self.http_url, self.probe_timeout_s)
+            if pending is not None and pending.done():
+                result, pending = pending.result(), None
+                next_probe = time.monotonic() + self.probe_interval_s
+                self._judge(result)
+
+    def _judge(self, result: Probe) -> None:
+        if result.ok:
+            self._set(True, "scored the probe image")
+        elif result.busy:
+            log.debug("watchdog: probe refused by the queue policy (%s): no verdict", result.message)
+        elif model := result.unhealthy_model():
+            self._recover([model], result.message)
+        else:
+            self._set(False, f"probe failed: {result.message}")
+
+    def _recover(self, models: list[str], reason: str) -> None:
+        self._set(False, reason)
+        for model in models:
+            log.warning("watchdog: reloading %s (%s)", model, reason)
+            start = time.monotonic()
+            try:
+                reload_model(self.http_url, model, self.access)
+            except (urllib.error.URLError, OSError) as err:
+                self._set(False, f"reloading {model} failed: {err}")
+                self._next_reload = time.monotonic() + self.reload_backoff_s  # then again, while it persists
+                return
+            self.recoveries += 1
+            log.info("watchdog: %s reloaded in %.1f s", model, time.monotonic() - start)
+        self._set(False, f"reloaded {', '.join(models)}; waiting for a probe to pass")
+
+
+class HealthServer:
+    """GET /ready and /live on `port`, answering from the watchdog's verdict (JSON body with the reason)."""
+
+    def __init__(self, watchdog: Watchdog, port: int, host: str = "0.0.0.0") -> None:
+        verdict = watchdog.verdict
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's naming)
+                current = verdict()
+                ok = {"/ready": current.ready, "/live": current.live}.get(self.path)
+                if ok is None:
+                    self.send_error(404, "GET /ready or /live")
+                    return
+                body = json.dumps({"ready": current.ready, "live": current.live, "reason": current.reason}).encode()
+                self.send_response(200 if ok else 503)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):  # probes every few seconds: not worth a log line each
+                pass
+
+        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.port = self.httpd.server_address[1]
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="iqa-health", daemon=True)
+
+    def start(self) -> HealthServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+# --- the container's entry point -----------------------------------------------------------------------
+
+
+def wait_until_ready(http_url: str, process: subprocess.Popen, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://{http_url}/v2/health/ready", timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(1)
+    return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Run tritonserver under the watchdog: python3 -m iqa.serving.watchdog [options] -- tritonserver ...")
+    parser.add_argument("--health-port", type=int, default=8003)
+    parser.add_argument("--http-port", type=int, default=8000, help="tritonserver's --http-port (for probes)")
+    parser.add_argument("--start-timeout", type=float, default=600, help="seconds to wait for the first ready")
+    parser.add_argument("--give-up-after", type=float, default=60,
+                        help="seconds not ready before /live fails and the server is stopped")
+    parser.add_argument("server", nargs=argparse.REMAINDER, help="-- then the tritonserver command line")
+    args = parser.parse_args(argv)
+    command = args.server[1:] if args.server[:1] == ["--"] else args.server
+    if not command:
+        parser.error("give the tritonserver command after --")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    access = AdminAccess()
+    server = subprocess.Popen([*command, *access.server_flags()])
+    http_url = f"127.0.0.1:{args.http_port}"
+    watchdog = Watchdog(http_url, server.pid, access, give_up_after_s=args.give_up_after)
+    health = HealthServer(watchdog, args.health_port).start()
+
+    def on_signal(signum, _frame):
+        log.info("%s: draining tritonserver", signal.Signals(signum).name)
+        watchdog.drain()
+        server.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if not wait_until_ready(http_url, server, args.start_timeout):
+        if server.poll() is not None or watchdog.verdict().reason == "shutting down":
+            return server.wait()
+        log.error("tritonserver was not ready within %.0f s: stopping it", args.start_timeout)
+        server.send_signal(signal.SIGTERM)
+        server.wait()
+        return 1
+    watchdog.start()
+    while server.poll() is None:
+        if not watchdog.verdict().live:
+            log.error("watchdog: not ready for %.0f s, recovery failed: stopping tritonserver", args.give_up_after)
+            server.send_signal(signal.SIGTERM)
+            server.wait()
+            return 1
+        time.sleep(1)
+    watchdog.stop()
+    health.stop()
+    return server.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Graceful shutdown of the real server: SIGTERM in the middle of load loses no accepted request.
+
+What Triton 2.51 does on SIGTERM (measured, README "Shutdown"): it finishes the requests in
+flight, refuses new ones (UNAVAILABLE "Server is stopping", then NOT_FOUND "has no available
+versions" once the models are unloaded, then UNAVAILABLE connection refused), and exits 0 within
+--exit-timeout-secs. The IQA client retries all three.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import numpy as np
+
+from iqa.contract import SCORE_NAMES
+from iqa.serving.launcher import Ports, TritonServer, free_ports
+from loadtest.pressure import Pressure, summary
+
+EXIT_TIMEOUT_S = 10
+
+
+def refused_while_stopping(status: str, message: str) -> bool:
+    return status == "StatusCode.UNAVAILABLE" or (status == "StatusCode.NOT_FOUND"
+                                                  and "has no available versions" in message)
+
+
+def test_sigterm_under_load_finishes_accepted_requests_refuses_new_ones_and_exits_in_time(
+        tmp_path, photos, score_in_process):
+    expected = [np.array([score_in_process(d)[n] for n in SCORE_NAMES]) for d in photos.values()]
+    server = TritonServer(ports=Ports(*free_ports(3)), run_dir=tmp_path, log_file=tmp_path / "tritonserver.log",
+                          exit_timeout_s=EXIT_TIMEOUT_S)
+    with server:
+        load = Pressure(server.grpc_url, list(photos.values()), concurrency=6, expected=expected).start()
+        time.sleep(5)
+        sigterm = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        code = server.process.wait(timeout=EXIT_TIMEOUT_S + 20)
+        exited = time.monotonic()
+        outcomes = load.stop()
+
+    accepted = [o for o in outcomes if o.sent_s < sigterm]  # in the server's hands when SIGTERM came
+    assert len(accepted) >= 6 and all(o.ok for o in accepted), summary(accepted)
+    later = [o for o in outcomes if o.sent_s >= sigterm]
+    assert any(not o.ok for o in later), "nothing was refused: the load stopped before the server did"
+    for outcome in later:
+        assert outcome.ok or refused_while_stopping(outcome.status, outcome.message), summary(later)
+    assert code == 0, (tmp_path / "tritonserver.log").read_text()[-3000:]
+    assert exited - sigterm <= EXIT_TIMEOUT_S

@@ -1,0 +1,71 @@
+"""The watchdog's own decisions, checked without a server (tests/test_faults.py runs it against one)."""
+
+import json
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from iqa.contract import PATCH_SHAPE
+from iqa.preprocess import preprocess
+from iqa.serving.watchdog import PROBE_IMAGE, AdminAccess, HealthServer, Probe, Watchdog
+
+
+def test_the_probe_image_is_one_the_preprocessing_accepts():
+    assert preprocess(PROBE_IMAGE).shape == PATCH_SHAPE
+
+
+def test_an_unhealthy_stub_message_names_the_model_to_reload():
+    message = "in ensemble 'iqa_degradation', Stub process 'iqa_preprocess_0_0' is not healthy."
+    assert Probe(ok=False, message=message).unhealthy_model() == "iqa_preprocess"
+    assert Probe(ok=False, message="Stub process 'iqa_resnet50_0' is not healthy.").unhealthy_model() == "iqa_resnet50"
+    assert Probe(ok=False, message="in ensemble 'iqa_degradation', Exceeds maximum queue size").unhealthy_model() is None
+
+
+def get(url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}") if err.code != 404 else {}
+
+
+@pytest.fixture
+def health():
+    watchdog = Watchdog("127.0.0.1:9", server_pid=-1, access=AdminAccess(), give_up_after_s=1.0)
+    server = HealthServer(watchdog, port=0, host="127.0.0.1").start()
+    yield watchdog, f"http://127.0.0.1:{server.port}"
+    server.stop()
+    watchdog.stop()
+
+
+def test_before_the_first_probe_the_service_is_not_ready_but_live(health):
+    _, url = health
+    assert get(f"{url}/ready") == (503, {"ready": False, "live": True, "reason": "starting"})
+    assert get(f"{url}/live")[0] == 200
+    assert get(f"{url}/metrics")[0] == 404
+
+
+def test_draining_says_not_ready_and_stays_live(health):
+    watchdog, url = health
+    watchdog.drain()
+    status, body = get(f"{url}/ready")
+    assert status == 503 and body["reason"] == "shutting down" and get(f"{url}/live")[0] == 200
+
+
+def test_once_started_a_service_that_stays_unready_past_the_limit_is_reported_not_live(health):
+    watchdog, url = health  # no server answers on port 9: every probe fails
+    watchdog.start()
+    deadline = time.monotonic() + 10
+    while get(f"{url}/live")[0] == 200 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    status, body = get(f"{url}/live")
+    assert status == 503 and not body["ready"] and "probe failed: no answer" in body["reason"]
+
+
+def test_the_admin_secret_is_fresh_and_long_and_never_printed():
+    one, two = AdminAccess(), AdminAccess()
+    assert one.secret != two.secret and len(one.secret) >= 24
+    assert one.secret not in repr(one)
+    assert one.grpc_headers == {"triton-grpc-protocol-iqa-admin-key": one.secret}
