@@ -22,11 +22,10 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
-from iqa.serving.launcher import REPO, Ports, TritonServer, free_ports
+from iqa.serving.launcher import TritonServer
 from iqa.serving.watchdog import python_stubs
-from loadtest.pressure import WRONG, Pressure
+from loadtest.pressure import WRONG, Pressure, local_server, sample_photos
 
 
 @dataclass(frozen=True)
@@ -92,15 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    images = [p.read_bytes() for p in sorted((REPO / "tests" / "data").glob("*.jpg"))]
-    run_dir = REPO / ".run" / "faults"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    server = TritonServer(ports=Ports(*free_ports(3)), run_dir=run_dir, log_file=run_dir / "tritonserver.log",
-                          watchdog=True, health_port=free_ports(1)[0])
+    images = sample_photos()
+    server = local_server("faults", watchdog=True)
     reports = []
     with server:
         models = sorted(python_stubs(server.process.pid))
-        print(f"stubs: {', '.join(models)}; {args.concurrency} clients; log {run_dir / 'tritonserver.log'}")
+        print(f"stubs: {', '.join(models)}; {args.concurrency} clients; log {server.log_file}")
         with Pressure(server.grpc_url, images, concurrency=args.concurrency) as load:
             time.sleep(5)
             for round_ in range(args.repeat):

@@ -20,8 +20,7 @@ import time
 import tritonclient.grpc as grpcclient
 
 from iqa.contract import ENSEMBLE_MODEL
-from iqa.serving.launcher import REPO, Ports, TritonServer, free_ports
-from loadtest.pressure import OK, WRONG, Pressure, summary
+from loadtest.pressure import OK, WRONG, Pressure, local_server, sample_photos, summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,12 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    images = [p.read_bytes() for p in sorted((REPO / "tests" / "data").glob("*.jpg"))]
-    server = None
-    if not args.url:
-        run_dir = REPO / ".run" / "overload"
-        run_dir.mkdir(parents=True, exist_ok=True)
-        server = TritonServer(ports=Ports(*free_ports(3)), run_dir=run_dir, log_file=run_dir / "tritonserver.log")
+    images = sample_photos()
+    server = None if args.url else local_server("overload", watchdog=False)
     with server or contextlib.nullcontext():
         url = args.url or server.grpc_url
         with Pressure(url, images, concurrency=args.concurrency, timeout_s=120) as load:

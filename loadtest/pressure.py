@@ -24,10 +24,24 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from iqa.contract import ENSEMBLE_MODEL, IMAGE_INPUT, SCORE_NAMES
+from iqa.serving.launcher import REPO, Ports, TritonServer, free_ports
 
 OK = "OK"
 WRONG = "WRONG_ANSWER"  # an answer without three scores in [0, 1], or not the expected ones
 TOLERANCE = 1e-4  # the same image scored in a different dynamic batch (tests/test_server.py)
+
+
+def sample_photos() -> list[bytes]:
+    """The encoded photos of tests/data, which every fault and overload run sends."""
+    return [p.read_bytes() for p in sorted((REPO / "tests" / "data").glob("*.jpg"))]
+
+
+def local_server(name: str, *, watchdog: bool) -> TritonServer:
+    """A server for one measurement command, on free ports, logging to .run/<name>/tritonserver.log."""
+    run_dir = REPO / ".run" / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return TritonServer(ports=Ports(*free_ports(3)), run_dir=run_dir, log_file=run_dir / "tritonserver.log",
+                        watchdog=watchdog, health_port=free_ports(1)[0])
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,8 @@ import statistics
 import time
 from pathlib import Path
 
-from iqa.serving.launcher import REPO, Ports, TritonServer, free_ports
 from iqa.serving.watchdog import python_stubs
-from loadtest.pressure import Pressure, summary
+from loadtest.pressure import Pressure, local_server, sample_photos, summary
 
 MAX_GROWTH = 0.05
 SAMPLE_S = 10
@@ -47,11 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    images = [p.read_bytes() for p in sorted((REPO / "tests" / "data").glob("*.jpg"))]
-    run_dir = REPO / ".run" / "soak"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    server = TritonServer(ports=Ports(*free_ports(3)), run_dir=run_dir, log_file=run_dir / "tritonserver.log",
-                          watchdog=True, health_port=free_ports(1)[0])
+    images = sample_photos()
+    server = local_server("soak", watchdog=True)
     samples: list[tuple[float, int]] = []
     with server:
         start = time.monotonic()
