@@ -6,7 +6,7 @@
         client.score_video("clip.mp4", frames=32)      # VideoReport
 
 Every call has a timeout (the client's default or the call's own). Transient statuses
-(UNAVAILABLE, RESOURCE_EXHAUSTED) are retried with jittered exponential backoff inside that
+(UNAVAILABLE, RESOURCE_EXHAUSTED, and CANCELLED by a server shutting down) are retried with jittered exponential backoff inside that
 timeout, and so is NOT_FOUND "has no available versions", which a server answers while it unloads
 or reloads the model (graceful shutdown, recovery); nothing else is retried (a bad image stays bad).
 Failures are IQAError subclasses.
@@ -43,7 +43,10 @@ from iqa_client.images import ImageLike, describe, to_bytes
 from iqa_client.result import Scores
 
 DEFAULT_URL = os.environ.get("IQA_URL", "127.0.0.1:8001")
-TRANSIENT = ("StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED")
+# CANCELLED comes from the server too: a gRPC server that shuts down cancels the calls it has not
+# started (seen once per few hundred at Triton's SIGTERM, tests/test_shutdown.py). Scoring is
+# idempotent, so they are retried like UNAVAILABLE; this client never cancels a call itself.
+TRANSIENT = ("StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED", "StatusCode.CANCELLED")
 # The model is being unloaded or reloaded: a moment later this server (or another) serves it again.
 RELOADING = ("StatusCode.NOT_FOUND", "has no available versions")
 # UNAVAILABLE from the server's queue policy (model configs, default_queue_policy): it is at capacity.
