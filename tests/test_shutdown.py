@@ -41,8 +41,14 @@ def test_sigterm_under_load_finishes_accepted_requests_refuses_new_ones_and_exit
         exited = time.monotonic()
         outcomes = load.stop()
 
-    accepted = [o for o in outcomes if o.sent_s < sigterm]  # in the server's hands when SIGTERM came
-    assert len(accepted) >= 6 and all(o.ok for o in accepted), summary(accepted)
+    before = [o for o in outcomes if o.sent_s < sigterm]
+    assert sum(o.ok for o in before) >= 6, summary(before)
+    # Each request sent before the signal is answered correctly, or, if it had not reached the
+    # scheduler yet when the signal came, refused as stopping (not accepted, so not lost: clients
+    # retry it). Anything else (an error, a wrong answer, a hang) is an accepted request lost.
+    for outcome in before:
+        assert outcome.ok or (refused_while_stopping(outcome.status, outcome.message)
+                              and outcome.done_s >= sigterm), summary(before)
     later = [o for o in outcomes if o.sent_s >= sigterm]
     assert any(not o.ok for o in later), "nothing was refused: the load stopped before the server did"
     for outcome in later:
