@@ -53,10 +53,18 @@ class DegradationNet(nn.Module):
         features = self.trunk(pixels * self.scale - self.shift)
         return torch.cat([head(features).mean(dim=(2, 3)) for head in self.heads], dim=1)
 
+    @staticmethod
+    def pool(patch_logits: torch.Tensor) -> torch.Tensor:
+        """Logits of each image's patches [B, K, 3] -> one logit per score [B, 3].
+
+        An image's score is the sigmoid of its mean patch logit; training pools the same way.
+        """
+        return patch_logits.mean(dim=1)
+
     def forward(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """uint8 patches [B, K, 3, P, P] -> (noise, blur, compression), each [B, 1] in [0, 1]."""
         logits = self.patch_logits(patches.flatten(0, 1)).unflatten(0, (-1, PATCHES_PER_IMAGE))
-        scores = torch.sigmoid(logits.mean(dim=1))  # pool the image's patches, then squash
+        scores = torch.sigmoid(self.pool(logits))
         noise, blur, compression = scores.split(1, dim=1)
         return noise, blur, compression
 

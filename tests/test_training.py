@@ -18,7 +18,7 @@ from training.degradations import (
     BY_NAME, CHAIN_ORDER, FAMILIES, LEVEL_STRENGTHS, TYPES, Recipe, random_recipe,
 )
 from training.evaluate import (
-    Entry, build_set, classical_scorer, evaluate, kadid_picture, metrics, model_scorer, pearson,
+    Entry, build_set, classical_scorer, kadid_picture, metrics, model_scorer, pearson, score_set,
     server_scorer, spearman,
 )
 
@@ -230,6 +230,6 @@ def test_served_scores_agree_with_in_process_scores(triton, reference_model, sma
     assert served.std(axis=0).min() > 0.01  # distinct pictures, distinct scores
 
 
-def test_evaluate_checks_the_scorers_shape():
+def test_scoring_the_set_checks_the_scorers_shape():
     with pytest.raises(ValueError, match="score_fn returned shape"):
-        evaluate(lambda pictures: np.zeros((len(pictures), 2)), [np.zeros((64, 64, 3), np.uint8)])
+        score_set(lambda pictures: np.zeros((len(pictures), 2)), [np.zeros((64, 64, 3), np.uint8)])

@@ -193,7 +193,6 @@ TYPES: tuple[DistortionType, ...] = (
     DistortionType(21, "pixelate", "compression", (1.0,) + tuple(0.95 - p**0.6 for p in _PIXELATE_LEVELS), _pixelate),
 )
 BY_NAME = {t.name: t for t in TYPES}
-FAMILY_OF_KADID_ID = {t.kadid_id: t.family for t in TYPES}
 # A camera and an upload pipeline degrade in this order.
 CHAIN_ORDER = ("blur", "noise", "compression")
 assert sorted(CHAIN_ORDER) == sorted(FAMILIES)

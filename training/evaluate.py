@@ -7,7 +7,7 @@
 
 The set: each validation photo of the pool at KADID's size (512x384) and each of KADID's
 ten blur, noise and compression types at its five levels, plus the pristine picture.
-Figures (every one from `evaluate`, which training and the tests call too):
+Figures (every one from `metrics`, which this command and the tests call):
 
 - seed metric: group by (photo, distortion type); Pearson and Spearman of the related score
   against levels 1-5; averaged over groups (types 01-03 -> blur, 09/10/21 -> compression,
@@ -32,7 +32,7 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from training.degradations import FAMILIES, LEVEL_STRENGTHS, TYPES, DistortionType
+from training.degradations import BY_NAME, FAMILIES, LEVEL_STRENGTHS, TYPES, DistortionType
 
 KADID_SIZE = (512, 384)
 LEVELS = (1, 2, 3, 4, 5)
@@ -87,7 +87,7 @@ def _distort(job: tuple[np.ndarray, int, str | None, int]) -> np.ndarray:
     picture, photo, name, level = job
     if name is None:
         return picture
-    kind = next(t for t in TYPES if t.name == name)
+    kind = BY_NAME[name]
     rng = np.random.default_rng([photo, kind.kadid_id, level])  # the motion angle, the noise
     return kind(picture, LEVEL_STRENGTHS[level - 1], rng)
 
@@ -161,13 +161,12 @@ def metrics(entries: Sequence[Entry], scores: np.ndarray) -> Report:
     return report
 
 
-def evaluate(score_fn: ScoreFn, references: Sequence[np.ndarray], workers: int = 1) -> tuple[Report, list[Entry], np.ndarray]:
-    """Build the KADID-style set from `references`, score it with `score_fn`, compute every figure."""
-    entries, pictures = build_set(references, workers)
+def score_set(score_fn: ScoreFn, pictures: Sequence[np.ndarray]) -> np.ndarray:
+    """Score every picture of the set; refuses a scorer that does not give three scores per picture."""
     scores = np.asarray(score_fn(pictures), dtype=np.float64)
     if scores.shape != (len(pictures), len(FAMILIES)):
         raise ValueError(f"score_fn returned shape {scores.shape}, expected {(len(pictures), len(FAMILIES))}")
-    return metrics(entries, scores), entries, scores
+    return scores
 
 
 # ------------------------------------------------------------------ scorers
@@ -315,11 +314,11 @@ def main(argv: list[str] | None = None) -> int:
         model = build_model(args.weights).to(args.device)
         name, score_fn = "ours", model_scorer(model, args.device)
     entries, pictures = build_set(references, args.workers)
-    scores = np.asarray(score_fn(pictures), dtype=np.float64)
+    scores = score_set(score_fn, pictures)
     report = metrics(entries, scores)
     reports = {name: report}
     if args.baselines:
-        reports["classical"] = metrics(entries, classical_scorer(pictures))
+        reports["classical"] = metrics(entries, score_set(classical_scorer, pictures))
     print(f"KADID-style set: {report.photos} validation photos x {len(TYPES)} types x {len(LEVELS)} levels + pristine\n")
     print(table(reports))
     if args.plot:

@@ -52,7 +52,6 @@ parser.add_argument("--weight-decay", type=float, default=0.05)
 parser.add_argument("--warmup", type=float, default=0.03, help="share of the run spent warming the LR up")
 parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
 parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-parser.add_argument("--compile", action="store_true", help="torch.compile the network")
 parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--validate-every", type=float, default=60.0, help="seconds between validations")
 parser.add_argument("--validation-pictures", type=int, default=512)
@@ -127,7 +126,7 @@ def loader(dataset: Dataset, batch: int, workers: int, start: int = 0) -> DataLo
 def pooled_logits(model: DegradationNet, patches: torch.Tensor) -> torch.Tensor:
     """uint8 [B, K, 3, P, P] -> [B, 3] logits pooled over each picture's patches, as the served model pools."""
     flat = patches.flatten(0, 1).contiguous(memory_format=torch.channels_last)
-    return model.patch_logits(flat).unflatten(0, patches.shape[:2]).float().mean(dim=1)
+    return model.pool(model.patch_logits(flat).unflatten(0, patches.shape[:2]).float())
 
 
 def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -170,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False) if args.resume else None
     if checkpoint:  # the run's own settings win, except where it runs now
         saved = checkpoint["args"]
-        for key in ("pool", "run", "resume", "device", "workers", "weights_out", "compile"):
+        for key in ("pool", "run", "resume", "device", "workers", "weights_out"):
             saved[key] = getattr(args, key)
         args = argparse.Namespace(**saved)
 
@@ -194,7 +193,6 @@ def main(argv: list[str] | None = None) -> int:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         step, elapsed_before = checkpoint["step"], checkpoint["elapsed"]
-    train_model = torch.compile(model) if args.compile else model
 
     t0 = time.perf_counter()
     train_set = DegradedPictures(load_pictures(args.pool, "train"), args.seed, args.views, args.steps * args.batch)
@@ -242,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         patches = patches.to(device, non_blocking=True).flatten(0, 1)  # [B * views, K, 3, P, P]
         targets = targets.to(device, non_blocking=True).flatten(0, 1)
         with autocast:
-            loss = loss_fn(pooled_logits(train_model, patches), targets)
+            loss = loss_fn(pooled_logits(model, patches), targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
