@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from iqa.contract import PATCH_SHAPE
 from iqa.network import build_model
 from training import photos as photo_pool
 from training import train
@@ -18,7 +19,7 @@ from training.degradations import (
     BY_NAME, CHAIN_ORDER, FAMILIES, LEVEL_STRENGTHS, TYPES, Recipe, random_recipe,
 )
 from training.evaluate import (
-    Entry, build_set, classical_scorer, kadid_picture, metrics, model_scorer, pearson, score_set,
+    Entry, build_set, classical_scorer, kadid_picture, metrics, model_scorer, motion_angles, pearson, score_set,
     server_scorer, spearman,
 )
 
@@ -108,8 +109,9 @@ def test_a_scorer_perfect_by_construction_gets_every_figure_right():
         if e.kind is not None:
             scores[i, FAMILIES.index(e.kind.family)] = e.level / 5
     report = metrics(entries, scores)
-    for figure in (report.seed_srcc, report.seed_plcc, report.specificity):
+    for figure in (report.seed_srcc, report.seed_plcc, report.specificity, report.type_srcc):
         assert all(v == pytest.approx(1.0) for v in figure.values()), figure
+    assert set(report.type_srcc) == {t.name for t in TYPES}
     assert all(v == pytest.approx(1.0) for v in report.global_srcc.values())
     assert all(v == 0.0 for v in report.pristine_mean.values())
     assert report.photos == 3
@@ -118,7 +120,7 @@ def test_a_scorer_perfect_by_construction_gets_every_figure_right():
 def test_a_constant_scorer_gets_zero_correlation_and_no_specificity():
     entries = _entries()
     report = metrics(entries, np.full((len(entries), 3), 0.5))
-    for figure in (report.seed_srcc, report.seed_plcc, report.global_srcc, report.specificity):
+    for figure in (report.seed_srcc, report.seed_plcc, report.global_srcc, report.specificity, report.type_srcc):
         assert all(v == 0.0 for v in figure.values()), figure
 
 
@@ -184,8 +186,18 @@ def test_a_few_training_steps_reduce_the_loss():
     assert losses[-1] < 0.8 * losses[0], losses
 
 
-def test_training_script_runs_end_to_end_and_writes_loadable_weights(tmp_path):
-    """The whole script on CPU at toy scale: data, steps, validation, checkpoint, fp16 weights."""
+def test_views_are_turned_windows_of_one_degraded_picture_and_samples_repeat():
+    pictures = [np.asarray(Image.open(DATA / "rocks.jpg").convert("RGB").resize((512, 384)))]
+    dataset = train.DegradedPictures(pictures, seed=5, views=4, length=8)
+    patches, targets = dataset[2]
+    assert patches.shape == (4, *PATCH_SHAPE) and patches.dtype == torch.uint8
+    assert (targets == targets[0]).all()  # one recipe, so one target, for every view
+    assert len({v.numpy().tobytes() for v in patches}) == 4  # no view repeats another
+    again, _ = dataset[2]
+    assert torch.equal(patches, again)  # a sample is a pure function of (seed, index)
+
+
+def _toy_pool(tmp_path: Path) -> Path:
     pool = tmp_path / "pool"
     pool.mkdir()
     manifest = {}
@@ -193,6 +205,12 @@ def test_training_script_runs_end_to_end_and_writes_loadable_weights(tmp_path):
         Image.open(path).convert("RGB").resize((768, 512)).save(pool / f"{path.stem}.png")
         manifest[path.stem] = {"split": split, "file": f"{path.stem}.png", "size": [768, 512]}
     (pool / "manifest.json").write_text(json.dumps(manifest))
+    return pool
+
+
+def test_training_script_runs_end_to_end_and_writes_loadable_weights(tmp_path):
+    """The whole script on CPU at toy scale: data, steps, validation, checkpoint, fp16 weights."""
+    pool = _toy_pool(tmp_path)
     run = tmp_path / "run"
     assert train.main(["--pool", str(pool), "--run", str(run), "--device", "cpu", "--steps", "2", "--batch", "2",
                        "--workers", "0", "--validation-pictures", "2"]) == 0
@@ -230,6 +248,28 @@ def test_served_scores_agree_with_in_process_scores(triton, reference_model, sma
     assert served.std(axis=0).min() > 0.01  # distinct pictures, distinct scores
 
 
+def test_motion_angles_blurs_along_the_angle_it_names(picture):
+    def horizontal_smoothness(pictures):  # "blur" = how little neighbouring columns differ
+        return np.array([[0.0, 1.0 / (1.0 + np.abs(np.diff(p.astype(float), axis=1)).mean()), 0.0] for p in pictures])
+
+    table = motion_angles(horizontal_smoothness, [picture], lengths=(10.0,), angles=(0.0, 90.0))
+    at_0, at_90 = (float(cell) for cell in table.splitlines()[-1].strip("| ").split(" | ")[1:])
+    assert at_0 > at_90  # a horizontal smear flattens the differences between columns; a vertical one does not
+
+
 def test_scoring_the_set_checks_the_scorers_shape():
     with pytest.raises(ValueError, match="score_fn returned shape"):
         score_set(lambda pictures: np.zeros((len(pictures), 2)), [np.zeros((64, 64, 3), np.uint8)])
+
+
+def test_a_warm_restart_starts_from_the_given_weights(tmp_path):
+    """--init loads earlier weights: at learning rate 0 the trained layers come out exactly as they went in."""
+    init = tmp_path / "init.fp16.pt"
+    train.save_weights_fp16(build_model(seed=7), init)
+    run = tmp_path / "run"
+    assert train.main(["--pool", str(_toy_pool(tmp_path)), "--run", str(run), "--device", "cpu", "--init", str(init),
+                       "--lr", "0", "--steps", "1", "--batch", "1", "--workers", "0", "--validation-pictures", "1"]) == 0
+    before, after = torch.load(init), torch.load(run / "weights.fp16.pt")
+    weights = [k for k, v in before.items() if v.ndim > 1]  # convolutions and the head; BN statistics do move
+    # seed 7's weights, not those the script would draw itself (seed 0): --init was loaded, and lr 0 kept them
+    assert len(weights) > 50 and all(torch.equal(before[k], after[k]) for k in weights)

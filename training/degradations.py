@@ -62,7 +62,7 @@ def _gaussian_blur(rgb: np.ndarray, sigma: float, rng: np.random.Generator) -> n
     return np.asarray(Image.fromarray(rgb).filter(ImageFilter.GaussianBlur(radius=sigma)))
 
 
-def _convolve(rgb: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+def convolve(rgb: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     """Per-channel 2-D convolution through the FFT, with mirrored borders (as imfilter 'symmetric')."""
     kh, kw = kernel.shape
     py, px = kh // 2, kw // 2
@@ -103,11 +103,11 @@ def motion_kernel(length: float, angle: float) -> np.ndarray:
 
 
 def _lens_blur(rgb: np.ndarray, radius: float, rng: np.random.Generator) -> np.ndarray:
-    return _convolve(rgb, disk_kernel(radius))
+    return convolve(rgb, disk_kernel(radius))
 
 
 def _motion_blur(rgb: np.ndarray, length: float, rng: np.random.Generator) -> np.ndarray:
-    return _convolve(rgb, motion_kernel(length, rng.uniform(0, np.pi)))
+    return convolve(rgb, motion_kernel(length, rng.uniform(0, np.pi)))
 
 
 # ---------------------------------------------------------------- noise (variances on the [0, 1] scale)

@@ -32,7 +32,7 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from training.degradations import BY_NAME, FAMILIES, LEVEL_STRENGTHS, TYPES, DistortionType
+from training.degradations import BY_NAME, FAMILIES, LEVEL_STRENGTHS, TYPES, DistortionType, convolve, motion_kernel
 
 KADID_SIZE = (512, 384)
 LEVELS = (1, 2, 3, 4, 5)
@@ -123,6 +123,7 @@ def build_set(references: Sequence[np.ndarray], workers: int = 1) -> tuple[list[
 class Report:
     seed_plcc: dict[str, float] = field(default_factory=dict)  # per family and "all"
     seed_srcc: dict[str, float] = field(default_factory=dict)
+    type_srcc: dict[str, float] = field(default_factory=dict)  # the seed SRCC of each distortion type
     global_srcc: dict[str, float] = field(default_factory=dict)
     specificity: dict[str, float] = field(default_factory=dict)
     pristine_mean: dict[str, float] = field(default_factory=dict)
@@ -139,7 +140,7 @@ def metrics(entries: Sequence[Entry], scores: np.ndarray) -> Report:
     for i, e in enumerate(entries):
         if e.kind is not None:
             groups.setdefault((e.photo, e.kind.kadid_id), []).append(i)
-    per_group = []  # (family, plcc, srcc, specific)
+    per_group = []  # (family, plcc, srcc, specific, type)
     for (photo, kadid_id), rows in groups.items():
         rows = sorted(rows, key=lambda i: entries[i].level)
         family = FAMILIES.index(entries[rows[0]].kind.family)
@@ -147,12 +148,15 @@ def metrics(entries: Sequence[Entry], scores: np.ndarray) -> Report:
         related = scores[rows, family]
         rise = scores[rows[-1]] - scores[rows[0]]
         specific = all(rise[family] > rise[other] for other in range(len(FAMILIES)) if other != family)
-        per_group.append((FAMILIES[family], pearson(related, levels), spearman(related, levels), specific))
+        per_group.append((FAMILIES[family], pearson(related, levels), spearman(related, levels), specific,
+                          entries[rows[0]].kind.name))
     for family in FAMILIES + ("all",):
         chosen = [g for g in per_group if family in ("all", g[0])]
         report.seed_plcc[family] = float(np.mean([g[1] for g in chosen]))
         report.seed_srcc[family] = float(np.mean([g[2] for g in chosen]))
         report.specificity[family] = float(np.mean([g[3] for g in chosen]))
+    for kind in TYPES:
+        report.type_srcc[kind.name] = float(np.mean([g[2] for g in per_group if g[4] == kind.name]))
     for index, family in enumerate(FAMILIES):
         rows = [i for i, e in enumerate(entries) if e.kind is not None and e.kind.family == family]
         report.global_srcc[family] = spearman(scores[rows, index], [entries[i].level for i in rows])
@@ -229,6 +233,18 @@ def classical_scorer(pictures: Sequence[np.ndarray]) -> np.ndarray:
     return np.stack([classical_scores(p) for p in pictures])
 
 
+def motion_angles(score_fn: ScoreFn, references: Sequence[np.ndarray], lengths=(6.0, 10.0),
+                  angles=(0.0, 22.5, 45.0, 67.5, 90.0, 135.0)) -> str:
+    """The mean blur score of motion blur by length and angle: is the score blind to the direction?"""
+    lines = ["| motion blur | " + " | ".join(f"{a:g}°" for a in angles) + " |", "|---|" + "---:|" * len(angles)]
+    blur = FAMILIES.index("blur")
+    for length in lengths:
+        pictures = [convolve(r, motion_kernel(length, np.deg2rad(a))) for r in references for a in angles]
+        means = score_set(score_fn, pictures)[:, blur].reshape(len(references), len(angles)).mean(axis=0)
+        lines.append(f"| {length:g} px | " + " | ".join(f"{m:.3f}" for m in means) + " |")
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------ reporting
 def table(reports: dict[str, Report]) -> str:
     """A markdown table: one column per scorer."""
@@ -245,6 +261,8 @@ def table(reports: dict[str, Report]) -> str:
     for family in ("all",) + FAMILIES:
         row(f"seed metric SRCC, {family}", lambda r, f=family: r.seed_srcc[f])
         row(f"seed metric PLCC, {family}", lambda r, f=family: r.seed_plcc[f])
+    for kind in TYPES:
+        row(f"seed metric SRCC, {kind.name}", lambda r, k=kind.name: r.type_srcc[k])
     for family in FAMILIES:
         row(f"global SRCC, {family}", lambda r, f=family: r.global_srcc[f])
     for family in ("all",) + FAMILIES:
@@ -303,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="processes that build the set")
     parser.add_argument("--plot", type=Path, help="write the score-against-level PNG here")
     parser.add_argument("--json", type=Path, help="write every figure as JSON here")
+    parser.add_argument("--motion-angles", action="store_true",
+                        help="also print the blur score of motion blur by angle (6 and 10 px, the photos' mean)")
     args = parser.parse_args(argv)
 
     references = references_from_pool(args.pool, "validation", args.photos)
@@ -324,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot:
         plot(entries, scores, args.plot, title=f"{name}: {args.weights if not args.server else args.server}")
         print(f"\nplot: {args.plot}")
+    if args.motion_angles:
+        print(f"\nblur score, mean over {len(references)} photos:\n{motion_angles(score_fn, references)}")
     if args.json:
         args.json.write_text(json.dumps({n: r.as_dict() for n, r in reports.items()}, indent=1))
     return 0

@@ -1,15 +1,17 @@
 """Train the degradation network from scratch on simulated degradations of pristine photos.
 
     python -m training.train --device cpu --steps 200 --batch 8          # check the pipeline on CPU
-    python -m training.train --minutes 7 --batch 128 --views 2 --workers 14   # the GPU run (training/gpu_run.sh)
+    python -m training.train --minutes 7 --batch 96 --views 4 --workers 14    # the GPU run (training/gpu_run.sh)
     python -m training.train --resume training/runs/default              # continue a run
+    python -m training.train --init training/weights/iqa_resnet50.fp16.pt --lr 1e-3 --seed 1   # a warm restart
 
 One sample is one virtual picture: a random crop (256-512 px a side) of a pool photo at a
 random scale, degraded by a random recipe (training.degradations), then cut into patches
 exactly as the server cuts them (iqa.preprocess.sample_patches). The loss is binary cross
 entropy between each family's target and the network's patch-pooled logit: the same
-pooling the served model does. `--views 2` cuts a second patch set from a sub-window of the
-same degraded picture, which halves the CPU cost per sample when the CPU feeds a GPU.
+pooling the served model does. `--views 4` cuts three more patch sets from sub-windows of the
+same degraded picture, each turned by a random multiple of 90 degrees and maybe mirrored: a
+patch set then costs the CPU a quarter of a degraded picture, which keeps a GPU fed.
 
 Samples are a pure function of (seed, sample index), so a resumed run sees the same data a
 straight run would. The run directory gets checkpoint.pt, log.jsonl (loss, throughput, the
@@ -32,7 +34,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from iqa.contract import PATCH_SIZE
-from iqa.network import DegradationNet
+from iqa.network import DegradationNet, build_model
 from iqa.preprocess import sample_patches
 from training import photos as photo_pool
 from training.degradations import FAMILIES, random_recipe
@@ -43,6 +45,8 @@ parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.R
 parser.add_argument("--pool", type=Path, default=photo_pool.CACHE / "pool", help="photo pool (training.photos)")
 parser.add_argument("--run", type=Path, default=Path("training/runs/default"), help="run directory")
 parser.add_argument("--resume", type=Path, help="continue the run in this directory")
+parser.add_argument("--init", type=Path, help="start from these weights (an earlier run's fp16 weights) with a fresh "
+                    "optimizer and LR schedule: a warm restart")
 parser.add_argument("--steps", type=int, default=20000, help="optimizer steps (the run ends at steps or minutes)")
 parser.add_argument("--minutes", type=float, default=0.0, help="wall-clock budget; the LR schedule follows it")
 parser.add_argument("--batch", type=int, default=128, help="degraded pictures per step (x views x 4 patches)")
@@ -102,10 +106,11 @@ class DegradedPictures(Dataset):
             crop = crop[:, ::-1]
         degraded = recipe.apply(np.ascontiguousarray(crop), rng)
         groups = [sample_patches(degraded)]
-        for _ in range(self.views - 1):  # a sub-window of the same degraded picture
+        for _ in range(self.views - 1):  # a sub-window of the same degraded picture, turned or mirrored
             sh, sw = (int(rng.integers(VIRTUAL_SIDES[0], s + 1)) for s in (h, w))
             st, sl = int(rng.integers(h - sh + 1)), int(rng.integers(w - sw + 1))
-            groups.append(sample_patches(degraded[st : st + sh, sl : sl + sw]))
+            window = np.rot90(degraded[st : st + sh, sl : sl + sw], k=int(rng.integers(4)))
+            groups.append(sample_patches(window[::-1] if rng.random() < 0.5 else window))
         targets = np.repeat(recipe.targets()[None], self.views, axis=0)
         return torch.from_numpy(np.stack(groups)), torch.from_numpy(targets)
 
@@ -171,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         saved = checkpoint["args"]
         for key in ("pool", "run", "resume", "device", "workers", "weights_out"):
             saved[key] = getattr(args, key)
-        args = argparse.Namespace(**saved)
+        args = argparse.Namespace(**{**vars(parser.parse_args([])), **saved})  # a setting newer than the run: its default
 
     torch.manual_seed(args.seed)
     device = args.device
@@ -181,7 +186,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
 
-    model = DegradationNet().to(device).to(memory_format=torch.channels_last)
+    model = DegradationNet()
+    if args.init and not checkpoint:
+        model.load_state_dict(build_model(str(args.init)).state_dict())
+        print(f"starting from {args.init}", flush=True)
+    model = model.to(device).to(memory_format=torch.channels_last)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
     optimizer = torch.optim.AdamW(
