@@ -161,6 +161,17 @@ def test_webp_files_are_found_inside_a_qt_resource_archive(picture):
     assert len(found) == 2 and all(Image.open(io.BytesIO(blob)).size == (256, 192) for blob in found)
 
 
+def test_the_largest_jpeg_is_taken_from_an_edje_file(picture):
+    def jpeg(size):
+        buffer = io.BytesIO()
+        Image.fromarray(picture).resize(size).save(buffer, format="JPEG")
+        return buffer.getvalue()
+
+    edje = b"EET\x1e\xff\xd8\xffjunk" + jpeg((64, 48)) + b"\x00" * 99 + jpeg((256, 192)) + jpeg((128, 96)) + b"tail"
+    assert Image.open(io.BytesIO(photo_pool._largest_jpeg_in_edje(edje))).size == (256, 192)
+    assert photo_pool._largest_jpeg_in_edje(b"EET only vector art here") is None
+
+
 def test_drawings_are_not_taken_for_photos(picture):
     drawing = Image.new("RGB", (400, 300), "white")
     drawing.paste((200, 30, 30), (50, 50, 200, 200))

@@ -313,7 +313,9 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pool", type=Path, default=photos.CACHE / "pool")
-    parser.add_argument("--photos", type=int, help="use only the first N validation photos")
+    parser.add_argument("--photos", type=int, help="use only the first N photos of the split")
+    parser.add_argument("--split", choices=("validation", "train"), default="validation",
+                        help="the held-out photos, or the training photos (to see how much the model overfits)")
     parser.add_argument("--weights", default="training/weights/iqa_resnet50.fp16.pt")
     parser.add_argument("--server", help="score through the running ensemble at this gRPC address instead")
     parser.add_argument("--baselines", action="store_true", help="add the classical no-reference baselines")
@@ -325,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="also print the blur score of motion blur by angle (6 and 10 px, the photos' mean)")
     args = parser.parse_args(argv)
 
-    references = references_from_pool(args.pool, "validation", args.photos)
+    references = references_from_pool(args.pool, args.split, args.photos)
     if args.server:
         name, score_fn = f"served ({args.server})", server_scorer(args.server)
     else:
@@ -339,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     reports = {name: report}
     if args.baselines:
         reports["classical"] = metrics(entries, score_set(classical_scorer, pictures))
-    print(f"KADID-style set: {report.photos} validation photos x {len(TYPES)} types x {len(LEVELS)} levels + pristine\n")
+    print(f"KADID-style set: {report.photos} {args.split} photos x {len(TYPES)} types x {len(LEVELS)} levels + pristine\n")
     print(table(reports))
     if args.plot:
         plot(entries, scores, args.plot, title=f"{name}: {args.weights if not args.server else args.server}")

@@ -52,6 +52,7 @@ DEBIAN_SOURCES: dict[str, tuple[str, ...]] = {
     ),
     "lomiri-wallpapers-16.04": ("usr/share/backgrounds/*.jpg",),
     "lomiri-wallpapers-20.04": ("usr/share/backgrounds/*.jpg",),
+    "enlightenment-data": ("usr/share/enlightenment/data/backgrounds/*.edj",),  # 400 MB: 4K photos in Edje files
 }
 
 
@@ -97,6 +98,24 @@ def _webps_in_qt_resource(data: bytes) -> list[bytes]:
     return found
 
 
+def _largest_jpeg_in_edje(data: bytes) -> bytes | None:
+    """Edje (.edj) files keep a wallpaper as JPEG streams at a dozen resolutions: the largest one.
+
+    A stream starts at a JPEG start-of-image marker; Pillow reads its header and stops at its end.
+    """
+    best, best_area = None, 0
+    start = data.find(b"\xff\xd8\xff")
+    while start >= 0:
+        try:
+            width, height = Image.open(io.BytesIO(data[start:])).size
+        except Exception:  # a marker-like byte run inside other data
+            width = height = 0
+        if width * height > best_area:
+            best, best_area = start, width * height
+        start = data.find(b"\xff\xd8\xff", start + 3)
+    return None if best is None else data[best:]
+
+
 # Packages that ship each picture at several resolutions, one folder per picture: keep the largest.
 ONE_PER_FOLDER = {"plasma-workspace-wallpapers"}
 
@@ -116,6 +135,10 @@ def _candidates(package: str, root: Path, patterns: tuple[str, ...]):
             if path.suffix == ".rcc":
                 for index, blob in enumerate(_webps_in_qt_resource(path.read_bytes())):
                     yield f"{stem}-{index}", lambda blob=blob: Image.open(io.BytesIO(blob))
+            elif path.suffix == ".edj":
+                blob = _largest_jpeg_in_edje(path.read_bytes())
+                if blob is not None:  # some hold only vector art
+                    yield stem, lambda blob=blob: Image.open(io.BytesIO(blob))
             else:
                 yield stem, lambda path=path: Image.open(path)
 
