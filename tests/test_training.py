@@ -16,7 +16,7 @@ from iqa.network import build_model
 from training import photos as photo_pool
 from training import train
 from training.degradations import (
-    BY_NAME, CHAIN_ORDER, FAMILIES, LEVEL_STRENGTHS, TYPES, Recipe, random_recipe,
+    BY_NAME, CHAIN_ORDER, FAMILIES, LEVEL_STRENGTHS, TYPE_WEIGHTS, TYPES, Recipe, random_recipe, type_weights,
 )
 from training.evaluate import (
     Entry, build_set, classical_scorer, kadid_picture, metrics, model_scorer, motion_angles, pearson, score_set,
@@ -195,6 +195,22 @@ def test_a_few_training_steps_reduce_the_loss():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_type_weights_change_the_training_mix_and_refuse_nonsense():
+    rng = np.random.default_rng(0)
+    doubled = type_weights({"motion_blur": 2.0})
+    blurs = [name for r in (random_recipe(rng, doubled) for _ in range(3000)) for name, _ in r.steps if "blur" in name]
+    share = blurs.count("motion_blur") / len(blurs)
+    assert 0.45 < share < 0.55, share  # 2 / (1 + 1 + 2)
+    assert type_weights() == {f: dict(k) for f, k in TYPE_WEIGHTS.items()}
+    with pytest.raises(ValueError, match="unknown distortion type"):
+        type_weights({"motion": 2.0})
+    with pytest.raises(ValueError, match="every blur type has weight 0"):
+        type_weights({"gaussian_blur": 0, "lens_blur": 0, "motion_blur": 0})
+    for bad in (["motion_blur"], ["motion_blur=x"], ["no_such_type=1"]):
+        with pytest.raises(SystemExit):  # argparse's usage error, before any work starts
+            train.parse_type_weights(bad)
 
 
 def test_views_are_turned_windows_of_one_degraded_picture_and_samples_repeat():

@@ -228,7 +228,22 @@ TYPE_WEIGHTS = {
 }
 
 
-def random_recipe(rng: np.random.Generator) -> Recipe:
+def type_weights(overrides: dict[str, float] | None = None) -> dict[str, dict[str, float]]:
+    """TYPE_WEIGHTS with some types' weights replaced, e.g. {"motion_blur": 2.0}."""
+    overrides = dict(overrides or {})
+    unknown = set(overrides) - set(BY_NAME)
+    if unknown:
+        raise ValueError(f"unknown distortion type(s) {sorted(unknown)}: choose from {sorted(BY_NAME)}")
+    if any(w < 0 for w in overrides.values()):
+        raise ValueError(f"type weights must be >= 0, got {overrides}")
+    weights = {family: {name: overrides.get(name, w) for name, w in kinds.items()} for family, kinds in TYPE_WEIGHTS.items()}
+    for family, kinds in weights.items():
+        if sum(kinds.values()) <= 0:
+            raise ValueError(f"every {family} type has weight 0: the family could not be drawn")
+    return weights
+
+
+def random_recipe(rng: np.random.Generator, mix: dict[str, dict[str, float]] = TYPE_WEIGHTS) -> Recipe:
     """A training recipe: pristine, one family, or a chain of two or three (blur -> noise -> compression)."""
     if rng.random() < PRISTINE_SHARE:
         return Recipe(())
@@ -238,7 +253,7 @@ def random_recipe(rng: np.random.Generator) -> Recipe:
     steps = []
     for family in CHAIN_ORDER:
         if family in families:
-            names, w = zip(*TYPE_WEIGHTS[family].items())
+            names, w = zip(*mix[family].items())
             name = str(rng.choice(names, p=np.array(w) / sum(w)))
             steps.append((name, float(rng.uniform(0.0, 1.0))))
     return Recipe(tuple(steps))

@@ -6,9 +6,10 @@
 # then: run(command="bash training/gpu_run.sh 8", carry=[".train-carry"], timeout_s=590)
 # Trains for $1 minutes (bf16, channels_last, $WORKERS loader workers, $VIEWS patch sets per degraded
 # picture), from .train-carry/init.fp16.pt.xz when it is there (a warm restart at $LR), else from
-# scratch. EVALUATE=1 then evaluates on the KADID-style set of the validation photos (`make evaluate`
-# does the same on any machine). The fp16 weights come back in 15 MiB parts (the device returns files
-# of at most 16 MiB): cat weights.fp16.pt.part-* > weights.fp16.pt
+# scratch. TRAIN_ARGS adds training.train options, e.g. "--type-weight motion_blur=2". EVALUATE=1
+# then evaluates on the KADID-style set of the validation photos (`make evaluate` does the same on
+# any machine). The fp16 weights come back in 15 MiB parts (the device returns files of at most
+# 16 MiB): cat weights.fp16.pt.part-* > weights.fp16.pt
 set -uo pipefail
 minutes=${1:-8} workers=${WORKERS:-14} batch=${BATCH:-96} views=${VIEWS:-4} seed=${SEED:-1}
 evaluate=${EVALUATE:-0} eval_photos=${EVAL_PHOTOS:-1000}
@@ -31,7 +32,8 @@ mkdir -p /tmp/iqa-run
   python3 -c 'import torch, torchvision, numpy, PIL; from PIL import features
 print("torch", torch.__version__, "torchvision", torchvision.__version__, "numpy", numpy.__version__, "pillow", PIL.__version__, "jpeg2000", features.check("jpg_2000"))'
   python3 -m training.train --pool "$pool" --run /tmp/iqa-run --minutes "$minutes" --batch "$batch" --views "$views" \
-    --seed "$seed" "${init[@]}" --workers "$workers" --validate-every 60 --checkpoint-every 100000 --weights-out /tmp/weights.fp16.pt
+    --seed "$seed" "${init[@]}" --workers "$workers" --validate-every 60 --checkpoint-every 100000 --weights-out /tmp/weights.fp16.pt \
+    ${TRAIN_ARGS:-}
   if [ "$evaluate" = 1 ]; then
     python3 -m training.evaluate --pool "$pool" --weights /tmp/weights.fp16.pt --device "$device" --workers "$workers" \
       --photos "$eval_photos" --baselines --plot /tmp/iqa-run/eval.png --json /tmp/iqa-run/eval.json

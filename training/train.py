@@ -37,7 +37,7 @@ from iqa.contract import PATCH_SIZE
 from iqa.network import DegradationNet, build_model
 from iqa.preprocess import sample_patches
 from training import photos as photo_pool
-from training.degradations import FAMILIES, random_recipe
+from training.degradations import FAMILIES, random_recipe, type_weights
 from training.evaluate import spearman
 
 # ------------------------------------------------------------------ settings
@@ -61,6 +61,9 @@ parser.add_argument("--validate-every", type=float, default=60.0, help="seconds 
 parser.add_argument("--validation-pictures", type=int, default=512)
 parser.add_argument("--checkpoint-every", type=float, default=120.0, help="seconds between checkpoints")
 parser.add_argument("--weights-out", type=Path, help="also write the fp16 weights here")
+parser.add_argument("--type-weight", action="append", default=[], metavar="TYPE=W",
+                    help="a distortion type's weight within its family, in place of training.degradations."
+                    "TYPE_WEIGHTS (1 for most types), e.g. motion_blur=2 (repeatable; validation keeps the default mix)")
 
 
 # ------------------------------------------------------------------ data
@@ -86,15 +89,17 @@ def load_pictures(pool: Path, split: str) -> list[np.ndarray]:
 class DegradedPictures(Dataset):
     """Sample i: patches uint8 [views, K, 3, P, P] and targets float32 [views, 3], from seed (seed, i)."""
 
-    def __init__(self, pictures: list[np.ndarray], seed: int, views: int, length: int) -> None:
+    def __init__(self, pictures: list[np.ndarray], seed: int, views: int, length: int,
+                 weights: dict[str, dict[str, float]] | None = None) -> None:
         self.pictures, self.seed, self.views, self.length = pictures, seed, views, length
+        self.weights = weights or type_weights()
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, index: int):
         rng = np.random.default_rng([self.seed, index])
-        recipe = random_recipe(rng)
+        recipe = random_recipe(rng, self.weights)
         picture = self.pictures[rng.integers(len(self.pictures))]
         height, width = picture.shape[:2]
         cap = JPEG2000_MAX_SIDE if any(name == "jpeg2000" for name, _ in recipe.steps) else VIRTUAL_SIDES[1]
@@ -166,6 +171,21 @@ def save_weights_fp16(model: DegradationNet, path: Path) -> None:
     tmp.replace(path)
 
 
+def parse_type_weights(items: list[str]) -> dict[str, dict[str, float]]:
+    """["motion_blur=2", ...] -> the training mix; a malformed item stops the script with a usage error."""
+    overrides = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        try:
+            overrides[name] = float(value)
+        except ValueError:
+            parser.error(f"--type-weight {item!r}: expected TYPE=WEIGHT, e.g. motion_blur=2")
+    try:
+        return type_weights(overrides)
+    except ValueError as error:
+        parser.error(f"--type-weight: {error}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     run = args.resume or args.run
@@ -177,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         for key in ("pool", "run", "resume", "device", "workers", "weights_out"):
             saved[key] = getattr(args, key)
         args = argparse.Namespace(**{**vars(parser.parse_args([])), **saved})  # a setting newer than the run: its default
+
+    weights = parse_type_weights(args.type_weight)
 
     torch.manual_seed(args.seed)
     device = args.device
@@ -204,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         step, elapsed_before = checkpoint["step"], checkpoint["elapsed"]
 
     t0 = time.perf_counter()
-    train_set = DegradedPictures(load_pictures(args.pool, "train"), args.seed, args.views, args.steps * args.batch)
+    train_set = DegradedPictures(load_pictures(args.pool, "train"), args.seed, args.views, args.steps * args.batch, weights)
     val_set = DegradedPictures(load_pictures(args.pool, "validation"), args.seed + 1, 1, args.validation_pictures)
     val_batches = list(loader(val_set, min(args.batch, 64), args.workers))
     print(f"{len(train_set.pictures)} train / {len(val_set.pictures)} validation pictures, "
