@@ -13,6 +13,7 @@ from iqa_client.contract import (  # noqa: F401  (re-exported)
     ENSEMBLE_MODEL,
     IMAGE_INPUT,
     MODELSCOPE_LABELS,
+    OVERLOAD_MESSAGES,
     SCORE_NAMES,
     SCORE_RANGE,
 )

@@ -18,13 +18,11 @@ import os
 import signal
 import statistics
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass
 
 from iqa.serving.launcher import TritonServer
-from iqa.serving.watchdog import python_stubs
+from iqa.serving.watchdog import answers_200, python_stubs
 from loadtest.pressure import WRONG, Pressure, local_server, sample_photos
 
 
@@ -37,7 +35,6 @@ class FaultReport:
     wrong_answers: int
     seen: str = ""  # what the failed requests got, by status
 
-
     def line(self) -> str:
         def seconds(value):
             return "never" if value is None else f"{value:.1f} s"
@@ -47,11 +44,8 @@ class FaultReport:
 
 
 def ready(health_url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{health_url}/ready", timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
+    """The watchdog's verdict: GET <health_url>/ready answers 200."""
+    return answers_200(f"{health_url}/ready")
 
 
 def kill_stub(server: TritonServer, model: str, load: Pressure, *, wait_s: float = 60.0,

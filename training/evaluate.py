@@ -92,9 +92,12 @@ def _distort(job: tuple[np.ndarray, int, str | None, int]) -> np.ndarray:
     return kind(picture, LEVEL_STRENGTHS[level - 1], rng)
 
 
-def _one_thread() -> None:
-    # A forked child must not enter the OpenMP pool its parent started (it hangs): torch's FFT
-    # blurs run single-threaded in each worker.
+def one_thread(_worker_id: int = 0) -> None:
+    """In a forked worker (a Pool's or a DataLoader's): one torch thread, one core per worker.
+
+    A forked child must not enter the OpenMP pool its parent started (it hangs), and torch's FFT
+    blurs run in every worker.
+    """
     import torch
 
     torch.set_num_threads(1)
@@ -111,7 +114,7 @@ def build_set(references: Sequence[np.ndarray], workers: int = 1) -> tuple[list[
                 entries.append(Entry(photo, kind, level))
                 jobs.append((picture, photo, kind.name, level))
     if workers > 1:
-        with Pool(workers, initializer=_one_thread) as pool:
+        with Pool(workers, initializer=one_thread) as pool:
             pictures = pool.map(_distort, jobs, chunksize=4)
     else:
         pictures = [_distort(job) for job in jobs]

@@ -38,7 +38,7 @@ from iqa.network import DegradationNet, build_model
 from iqa.preprocess import sample_patches
 from training import photos as photo_pool
 from training.degradations import FAMILIES, random_recipe, type_weights
-from training.evaluate import spearman
+from training.evaluate import one_thread, spearman
 
 # ------------------------------------------------------------------ settings
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -120,14 +120,10 @@ class DegradedPictures(Dataset):
         return torch.from_numpy(np.stack(groups)), torch.from_numpy(targets)
 
 
-def _worker_init(_: int) -> None:
-    torch.set_num_threads(1)  # each loader worker is one core; the FFT blurs use torch
-
-
 def loader(dataset: Dataset, batch: int, workers: int, start: int = 0) -> DataLoader:
     return DataLoader(
         dataset, batch_size=batch, sampler=range(start, len(dataset)), num_workers=workers,
-        pin_memory=torch.cuda.is_available(), worker_init_fn=_worker_init, drop_last=True,
+        pin_memory=torch.cuda.is_available(), worker_init_fn=one_thread, drop_last=True,
         persistent_workers=False, prefetch_factor=4 if workers else None,
     )
 

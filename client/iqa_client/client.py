@@ -29,7 +29,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
-from iqa_client.contract import ENSEMBLE_MODEL, IMAGE_INPUT, SCORE_NAMES
+from iqa_client.contract import ENSEMBLE_MODEL, IMAGE_INPUT, OVERLOAD_MESSAGES, SCORE_NAMES
 from iqa_client.errors import (
     BadImageError,
     IQAError,
@@ -49,8 +49,6 @@ DEFAULT_URL = os.environ.get("IQA_URL", "127.0.0.1:8001")
 TRANSIENT = ("StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED", "StatusCode.CANCELLED")
 # The model is being unloaded or reloaded: a moment later this server (or another) serves it again.
 RELOADING = ("StatusCode.NOT_FOUND", "has no available versions")
-# UNAVAILABLE from the server's queue policy (model configs, default_queue_policy): it is at capacity.
-OVERLOADED = ("Exceeds maximum queue size", "Request timeout expired")
 Outcome = Scores | IQAError
 Progress = Callable[[int, int | None], None]  # (done, total or None)
 
@@ -101,7 +99,7 @@ def _error(err: InferenceServerException, url: str, model: str, index=None, sour
         return BadImageError(reason, index=index, source=source)
     if status == "StatusCode.DEADLINE_EXCEEDED":
         return IQATimeoutError(f"no answer from {url} within the timeout ({message})")
-    if status == "StatusCode.UNAVAILABLE" and any(m in message for m in OVERLOADED):
+    if status == "StatusCode.UNAVAILABLE" and any(m in message for m in OVERLOAD_MESSAGES):
         return ServerBusyError(f"Triton at {url} is at capacity and refused the request: {message}")
     if status == "StatusCode.UNAVAILABLE":
         return ServerUnreachableError(f"Triton at {url} is unreachable: {message}")

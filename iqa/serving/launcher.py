@@ -33,15 +33,13 @@ import subprocess
 import sys
 import sysconfig
 import time
-import urllib.error
-import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from iqa.contract import ENSEMBLE_MODEL, NETWORK_MODEL, PREPROCESS_MODEL
-from iqa.serving.watchdog import AdminAccess, HealthServer, Watchdog
+from iqa.serving.watchdog import AdminAccess, HealthServer, Watchdog, answers_200
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_REPOSITORY = REPO / "model_repository"
@@ -428,15 +426,6 @@ def _terminate_with_parent() -> None:
 
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def answers_200(url: str) -> bool:
-    """True when an HTTP GET of url answers 200 within 2 s (Triton's health endpoints)."""
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 def score_sample(grpc_url: str, image: Path) -> dict[str, float]:

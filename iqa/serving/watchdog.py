@@ -42,14 +42,11 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from iqa.contract import ENSEMBLE_MODEL, IMAGE_INPUT, SCORE_NAMES
+from iqa.contract import ENSEMBLE_MODEL, IMAGE_INPUT, OVERLOAD_MESSAGES, SCORE_NAMES
 
 log = logging.getLogger("iqa.watchdog")
 
 STUB_BINARY = "triton_python_backend_stub"
-# What Triton answers when the queue policy refuses a request (model configs: default_queue_policy).
-# A probe refused this way says the server is busy, not broken.
-OVERLOAD_MESSAGES = ("Exceeds maximum queue size", "Request timeout expired")
 _UNHEALTHY_STUB = re.compile(r"Stub process '(?P<instance>[^']+)' is not healthy")
 # Triton's APIs that change what the server serves or reads: only the watchdog may call them.
 RESTRICTED_HTTP = "model-repository,shared-memory,trace,logging"
@@ -332,15 +329,20 @@ class HealthServer:
 # --- the container's entry point -----------------------------------------------------------------------
 
 
+def answers_200(url: str) -> bool:
+    """True when an HTTP GET of url answers 200 within 2 s (Triton's health endpoints, /ready here)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 def wait_until_ready(http_url: str, process: subprocess.Popen, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and process.poll() is None:
-        try:
-            with urllib.request.urlopen(f"http://{http_url}/v2/health/ready", timeout=2) as response:
-                if response.status == 200:
-                    return True
-        except (urllib.error.URLError, OSError):
-            pass
+        if answers_200(f"http://{http_url}/v2/health/ready"):
+            return True
         time.sleep(1)
     return False
 
