@@ -295,6 +295,12 @@ def test_prove_script_passes_shellcheck():
     assert os.access(DOCKER / "prove.sh", os.X_OK)
 
 
+def test_the_gpu_training_script_passes_shellcheck():
+    """training/gpu_run.sh runs where a mistake costs scarce GPU time (tests/test_training.py runs it on the CPU)."""
+    result = run([tool("shellcheck"), "--severity=style", REPO / "training" / "gpu_run.sh"])
+    assert result.returncode == 0, result.stdout
+
+
 # --- the image serves the repository --------------------------------------------------------------------
 
 

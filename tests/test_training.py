@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import lzma
+import os
+import subprocess
+import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +29,7 @@ from training.evaluate import (
 )
 
 DATA = Path(__file__).parent / "data"
+ROOT = Path(__file__).parent.parent
 WEIGHTS = Path(__file__).parent.parent / "training" / "weights" / "iqa_resnet50.fp16.pt"
 
 
@@ -140,8 +146,6 @@ def test_photo_pool_takes_a_users_folder_splits_by_photo_and_packs(tmp_path):
         assert p.split == photo_pool.split_of(p.name)
         assert max(Image.open(p.path).size) <= photo_pool.POOL_MAX_SIDE
     # The pack unpacks into a pool with the same photos and splits.
-    import tarfile
-
     unpacked = tmp_path / "unpacked"
     with tarfile.open(tmp_path / "pack.tar") as tar:
         tar.extractall(unpacked, filter="data")
@@ -300,3 +304,45 @@ def test_a_warm_restart_starts_from_the_given_weights(tmp_path):
     weights = [k for k, v in before.items() if v.ndim > 1]  # convolutions and the head; BN statistics do move
     # seed 7's weights, not those the script would draw itself (seed 0): --init was loaded, and lr 0 kept them
     assert len(weights) > 50 and all(torch.equal(before[k], after[k]) for k in weights)
+
+
+def _device_script(tmp_path: Path, minutes: str = "0.5", **env: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """training/gpu_run.sh itself, on this CPU at toy scale, with its carry, scratch and output in tmp_path."""
+    out = tmp_path / "out"
+    settings = {"CARRY": str(tmp_path / "carry"), "WORK": str(tmp_path / "work"), "OUT": str(out),
+                "PYTHON": sys.executable, "WORKERS": "1", "BATCH": "2", "VIEWS": "2", **env}
+    result = subprocess.run(["bash", "training/gpu_run.sh", minutes], cwd=ROOT, env={**os.environ, **settings},
+                            capture_output=True, text=True, timeout=600)
+    return result, out
+
+
+def test_the_device_script_warm_restarts_from_the_carry_and_returns_weights_in_parts(tmp_path):
+    """What a GPU session runs, checked before the scarce GPU time: pack and init.fp16.pt.xz unpacked, TRAIN_ARGS
+    reach training, the log and the weights come back under $OUT, and the weights are the carried ones (LR 0)."""
+    (tmp_path / "carry").mkdir()
+    photo_pool.write_pack(_toy_pool(tmp_path), tmp_path / "carry" / "pack.tar")
+    init = tmp_path / "init.fp16.pt"
+    train.save_weights_fp16(build_model(seed=7), init)
+    (tmp_path / "carry" / "init.fp16.pt.xz").write_bytes(lzma.compress(init.read_bytes(), preset=0))
+    result, out = _device_script(tmp_path, LR="0", TRAIN_ARGS="--steps 1 --validation-pictures 1 --type-weight motion_blur=2")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    with tarfile.open(out / "results.tar.gz") as tar:
+        names = set(tar.getnames())
+        log = [json.loads(line) for line in tar.extractfile("log.jsonl").read().decode().splitlines()]
+    assert {"train.txt", "log.jsonl"} <= names and log[-1]["final"] and log[-1]["step"] == 1
+    parts = sorted(out.glob("weights.fp16.pt.part-*"))
+    assert parts, sorted(p.name for p in out.iterdir())
+    returned = torch.load(io.BytesIO(b"".join(p.read_bytes() for p in parts)))
+    before = torch.load(init)
+    weights = [k for k, v in before.items() if v.ndim > 1]
+    assert len(weights) > 50 and all(torch.equal(before[k], returned[k]) for k in weights)
+
+
+def test_the_device_script_exits_with_trainings_failure_and_without_a_pack(tmp_path):
+    result, _ = _device_script(tmp_path)
+    assert result.returncode == 2 and "pack.tar" in result.stderr
+    (tmp_path / "carry").mkdir()
+    photo_pool.write_pack(_toy_pool(tmp_path), tmp_path / "carry" / "pack.tar")
+    result, out = _device_script(tmp_path, TRAIN_ARGS="--type-weight motion=2")
+    assert result.returncode == 2, result.stdout[-3000:]
+    assert "motion" in result.stdout and (out / "results.tar.gz").exists()

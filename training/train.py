@@ -120,10 +120,10 @@ class DegradedPictures(Dataset):
         return torch.from_numpy(np.stack(groups)), torch.from_numpy(targets)
 
 
-def loader(dataset: Dataset, batch: int, workers: int, start: int = 0) -> DataLoader:
+def loader(dataset: Dataset, batch: int, workers: int, start: int = 0, drop_last: bool = True) -> DataLoader:
     return DataLoader(
         dataset, batch_size=batch, sampler=range(start, len(dataset)), num_workers=workers,
-        pin_memory=torch.cuda.is_available(), worker_init_fn=one_thread, drop_last=True,
+        pin_memory=torch.cuda.is_available(), worker_init_fn=one_thread, drop_last=drop_last,
         persistent_workers=False, prefetch_factor=4 if workers else None,
     )
 
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     train_set = DegradedPictures(load_pictures(args.pool, "train"), args.seed, args.views, args.steps * args.batch, weights)
     val_set = DegradedPictures(load_pictures(args.pool, "validation"), args.seed + 1, 1, args.validation_pictures)
-    val_batches = list(loader(val_set, min(args.batch, 64), args.workers))
+    val_batches = list(loader(val_set, min(args.batch, 64), args.workers, drop_last=False))  # every picture, however few
     print(f"{len(train_set.pictures)} train / {len(val_set.pictures)} validation pictures, "
           f"validation set built in {time.perf_counter() - t0:.1f} s; device {device}", flush=True)
 
