@@ -1,9 +1,16 @@
-"""Python-backend stand-in for the `pytorch_libtorch` backend, serving the same model.pt.
+"""The Python-based backend `pytorch`: serves model.pt where NVIDIA's PyTorch backend is absent.
 
-The libtorch backend ships only in NVIDIA's NGC container. Elsewhere the
-launcher puts a one-line model.py that imports this class beside model.pt and
-switches `iqa_resnet50` to `backend: "python"`: same config, same tensors,
-same TorchScript file, run by the torch in the server's Python environment.
+The PyTorch (libtorch) backend ships only in NVIDIA's NGC container. Elsewhere the launcher
+(iqa/serving/launcher.py) installs a Python-based backend named `pytorch` whose model.py imports
+this class, so the committed `iqa_resnet50` config (`backend: "pytorch"`) loads unchanged: same
+tensors, same batching, same TorchScript file, run by the torch in the server's Python environment.
+
+It honours the PyTorch backend's parameters the repository sets, with the same meaning
+(github.com/triton-inference-server/pytorch_backend, README "Parameters"):
+  DISABLE_OPTIMIZED_EXECUTION "true": run the TorchScript graph without the JIT's graph-executor
+      optimisations (torch.jit.optimized_execution(False), as the backend's setGraphExecutorOptimize);
+  INFERENCE_MODE "true" (the default): run under torch.inference_mode.
+Local only: `precision` "fp16" serves the network in half precision (loadtest/bench.py --fp16).
 """
 
 import json
@@ -16,6 +23,17 @@ import triton_python_backend_utils as pb_utils
 from iqa.contract import NETWORK_INPUT, NETWORK_OUTPUTS
 
 
+def _parameter(config: dict, key: str, default: str) -> str:
+    return config.get("parameters", {}).get(key, {}).get("string_value", default)
+
+
+def _flag(config: dict, key: str, default: bool) -> bool:
+    value = _parameter(config, key, str(default).lower()).strip().lower()
+    if value not in ("true", "false"):
+        raise pb_utils.TritonModelException(f"parameter {key} must be \"true\" or \"false\", not {value!r}")
+    return value == "true"
+
+
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
@@ -23,9 +41,9 @@ class TritonPythonModel:
         self.device = torch.device(f"cuda:{args['model_instance_device_id']}" if on_gpu else "cpu")
         path = os.path.join(args["model_repository"], args["model_version"], "model.pt")
         self.model = torch.jit.load(path, map_location=self.device).eval()
-        # parameters { key: "precision" value { string_value: "fp16" } }: serve the network in half
-        # precision (benchmarks: keeps scores within 0.01 of fp32, see loadtest/bench.py --fp16).
-        precision = config.get("parameters", {}).get("precision", {}).get("string_value", "fp32")
+        self.optimized = not _flag(config, "DISABLE_OPTIMIZED_EXECUTION", False)
+        self.inference_mode = _flag(config, "INFERENCE_MODE", True)
+        precision = _parameter(config, "precision", "fp32")
         if precision == "fp16":
             self.model = self.model.half()
         elif precision != "fp32":
@@ -39,7 +57,8 @@ class TritonPythonModel:
         arrays = [pb_utils.get_input_tensor_by_name(r, NETWORK_INPUT).as_numpy() for r in requests]
         sizes = [len(a) for a in arrays]
         batch = torch.from_numpy(np.concatenate(arrays) if len(arrays) > 1 else arrays[0]).to(self.device)
-        with torch.inference_mode():
+        grad_off = torch.inference_mode() if self.inference_mode else torch.no_grad()
+        with grad_off, torch.jit.optimized_execution(self.optimized):
             scores = [s.float().cpu().numpy() for s in self.model(batch)]
         responses, start = [], 0
         for size in sizes:
@@ -47,4 +66,3 @@ class TritonPythonModel:
             responses.append(pb_utils.InferenceResponse(tensors))
             start += size
         return responses
-
