@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,9 +53,12 @@ DEPLOY_BIN = REPO / ".venv-deploy" / "bin"
 HAND_CHECKED_KINDS = {("kustomize.config.k8s.io/v1beta1", "Kustomization"), ("monitoring.coreos.com/v1", "ServiceMonitor")}
 # Oldest and newest Kubernetes the manifests are validated against (docker/README.md says >= 1.29).
 K8S_VERSIONS = ("1.29.0", "1.37.0")
-# NGC tritonserver release -> the libtorch line it ships. TorchScript loads only in a libtorch at
-# least as new as the torch that traced it, so the image must move with pyproject.toml's torch.
-NGC_LIBTORCH = {"26.09": "2.14"}
+# NGC tritonserver release -> (its libtorch, the newest TorchScript file-format version that libtorch
+# reads). What decides whether a libtorch loads a TorchScript file is the archive's `version` record,
+# checked against caffe2/serialize/versions.h kMaxSupportedFileFormatVersion (0xA in every release from
+# 2.0.1 to 2.14.1), not the release line that wrote it; the writer raises the record above 3 only for
+# operators with upgraders (torch/csrc/jit/operator_upgraders). Moving the image means adding its row.
+NGC_LIBTORCH = {"26.09": ("2.14.0a0", 0xA)}
 PORTS = {"grpc": 8001, "metrics": 8002}  # what clients and Prometheus reach
 HTTP_PORT = 8000  # Triton's HTTP: on the pod's loopback, for the watchdog only
 HEALTH_PORT = 8003  # the watchdog's /ready and /live: probes only, no Service port
@@ -333,14 +337,19 @@ def test_the_image_serves_exactly_the_repository_model_configs():
     assert sorted(p.parent.name for p in DEFAULT_REPOSITORY.glob("*/config.pbtxt")) == sorted(MODELS)
 
 
-def test_base_image_is_the_release_whose_libtorch_loads_the_exported_model():
+def test_the_base_images_libtorch_reads_the_exported_models_file_format():
     steps = dockerfile(DOCKERFILE)
     image = only(steps, "FROM", final_stage(steps))[0].args
     match = re.fullmatch(r"nvcr\.io/nvidia/tritonserver:(\d\d\.\d\d)-py3", image)
-    assert match, image
-    torch_pin = pins(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"])["torch"]
-    assert NGC_LIBTORCH.get(match[1]) == ".".join(torch_pin.split(".")[:2]), \
-        f"model.pt is traced with torch {torch_pin}; {image} ships libtorch {NGC_LIBTORCH.get(match[1])}"
+    assert match and match[1] in NGC_LIBTORCH, f"{image}: add its libtorch and file-format range to NGC_LIBTORCH"
+    libtorch, newest_readable = NGC_LIBTORCH[match[1]]
+    model_pt = DEFAULT_REPOSITORY / contract.NETWORK_MODEL / "1" / "model.pt"
+    with zipfile.ZipFile(model_pt) as archive:
+        # "<archive>/version", or "<archive>/.data/version" from format 6 on (caffe2/serialize/inline_container.cc)
+        (record,) = [n for n in archive.namelist()
+                     if n.endswith("/.data/version") or (n.endswith("/version") and n.count("/") == 1)]
+        written = int(archive.read(record))
+    assert written <= newest_readable, f"model.pt is file format {written}; {image}'s libtorch {libtorch} reads up to {newest_readable}"
 
 
 def pins(requirements) -> dict[str, str]:
