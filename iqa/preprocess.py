@@ -8,11 +8,16 @@ them see exactly the same pixels.
 from __future__ import annotations
 
 import io
+import logging
 import warnings
 
 import numpy as np
-import pillow_heif
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+try:
+    import pillow_heif
+except ImportError:
+    pillow_heif = None
 
 from iqa.contract import (
     ACCEPTED_FORMATS,
@@ -49,8 +54,14 @@ Image.init()  # register every plugin now: open(formats=...) only finds loaded o
 # HEIC/HEIF from pillow-heif (Pillow decodes AVIF itself). It always converts 10/12-bit pictures to
 # 8 bits and applies the container's rotation and mirroring (resetting the EXIF orientation, so it is
 # not applied twice). Only the primary image is decoded: thumbnails, depth maps and auxiliary images
-# are not even listed.
-pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
+# are not even listed. The server's environments pin it (pyproject.toml, docker/Dockerfile); training
+# imports this module for sample_patches alone, also on the GPU machine, which does without it.
+if pillow_heif is None:
+    logging.getLogger(__name__).warning("pillow-heif is not installed: HEIC/HEIF images are refused here")
+else:
+    pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
+# What Image.open may try: the accepted formats this environment can decode.
+_DECODERS = tuple(name for name in ACCEPTED_FORMATS if name in Image.OPEN)
 
 
 class ImageError(ValueError):
@@ -73,7 +84,7 @@ def decode(data: bytes) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+            image = Image.open(io.BytesIO(data), formats=_DECODERS)
             width, height = image.size
             if width * height > MAX_IMAGE_PIXELS:
                 raise ImageError(
@@ -104,7 +115,7 @@ def _unidentified(data: bytes) -> str:
             return (f"{name} is not accepted: accepted formats are {_ACCEPTED_NAMES}; convert it to PNG, "
                     "which keeps every artefact the scores measure")
     prefix = data[:16]
-    for name in ACCEPTED_FORMATS:  # each plugin's own signature check, as Image.open makes it
+    for name in _DECODERS:  # each plugin's own signature check, as Image.open makes it
         accept = Image.OPEN[name][1]
         if accept is not None and accept(prefix) is True:
             return f"corrupt or truncated image data: it starts as {name} but its decoder cannot read it"

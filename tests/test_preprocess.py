@@ -1,5 +1,8 @@
 """Decoding and patch sampling in-process (the same code the iqa_preprocess model runs)."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -125,3 +128,21 @@ def test_a_heic_or_avif_declaring_too_many_pixels_is_refused_before_decoding(fmt
 def test_accepted_formats_and_folder_suffixes_agree_with_pillow():
     registered = Image.registered_extensions()
     assert set(IMAGE_SUFFIXES) == {ext for ext, fmt in registered.items() if fmt in ACCEPTED_FORMATS}
+
+
+def test_without_pillow_heif_heic_is_refused_and_everything_else_decodes(tmp_path):
+    """Training imports this module on the GPU machine, which lacks pillow-heif: it must import and decode
+    the other formats there, and refuse HEIC with a named error instead of crashing."""
+    files = {case: tmp_path / case for case in ("heic", "avif", "webp", "tiff", "png_with_alpha")}
+    for case, path in files.items():
+        path.write_bytes(CASES[case][0]())
+    code = ("import sys; sys.modules['pillow_heif'] = None\n"
+            "from pathlib import Path\n"
+            "from iqa.preprocess import ImageError, decode\n"
+            f"for path in {[str(p) for c, p in files.items() if c != 'heic']!r}: decode(Path(path).read_bytes())\n"
+            f"try: decode(Path({str(files['heic'])!r}).read_bytes())\n"
+            "except ImageError as err: print(err)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "pillow-heif is not installed: HEIC/HEIF images are refused here" in done.stderr
+    assert done.stdout.startswith("not a recognised image: accepted formats are"), done.stdout
