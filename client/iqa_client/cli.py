@@ -115,12 +115,16 @@ COMMON_OPTIONS = (
 COMMON_DEFAULTS = {flags[0].removeprefix("--").replace("-", "_"): settings["default"] for flags, settings in COMMON_OPTIONS}
 
 
+def worth_showing(default) -> bool:
+    """A default --help names: not an unset option, an off flag or an empty list."""
+    return default not in (None, False, [], argparse.SUPPRESS)
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Shows each option's default, except where there is none to show (flags, unset options)."""
+    """Shows each option's default where there is one worth showing."""
 
     def _get_help_string(self, action):
-        shown = (action.help and action.default not in (None, False, [], argparse.SUPPRESS)
-                 and "%(default)" not in action.help)
+        shown = action.help and worth_showing(action.default) and "%(default)" not in action.help
         return f"{action.help} (default: %(default)s)" if shown else action.help
 
 
@@ -133,9 +137,8 @@ def add_common_options(parser: argparse.ArgumentParser, *, with_defaults: bool) 
         settings = dict(settings)
         if not with_defaults:
             default = settings["default"]
-            shown = default not in (None, False, [])
-            settings.update(default=argparse.SUPPRESS,
-                            help=f"{settings['help']} (default: {default})" if shown else settings["help"])
+            settings.update(default=argparse.SUPPRESS, help=f"{settings['help']} (default: {default})"
+                            if worth_showing(default) else settings["help"])
         group.add_argument(*flags, **settings)
 
 
