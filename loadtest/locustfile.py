@@ -30,7 +30,7 @@ from locust import User, constant, events, task  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from iqa_client.contract import ENSEMBLE_MODEL, IMAGE_INPUT, SCORE_NAMES  # noqa: E402
-from loadtest.preflight import load_corpus, server_problem  # noqa: E402
+from loadtest.preflight import GrpcClient, load_corpus, server_problem  # noqa: E402
 
 EXIT_SERVER_UNUSABLE = 3  # as the `iqa` command line's
 log = logging.getLogger("loadtest")
@@ -60,7 +60,7 @@ class ScoreImages(User):
     corpus: list[bytes] = []
 
     def on_start(self):
-        self.client = grpcclient.InferenceServerClient(self.host.removeprefix("grpc://"))
+        self.client = GrpcClient(self.host.removeprefix("grpc://"))
 
     def on_stop(self):
         client = getattr(self, "client", None)  # None if stopped before on_start ended

@@ -1,31 +1,59 @@
 """What a load-test run settles before its first request: the server it measures and the images it sends.
 
 Used by the locustfile (so that a plain `locust -f loadtest/locustfile.py` works) and by `make loadtest`
-(loadtest/run.py). Light: the client library and Pillow, no server-side code.
+(loadtest/run.py). Light: tritonclient and Pillow, no server-side code.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from iqa_client import IQAClient, ServerUnreachableError
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
 from iqa_client.contract import IMAGE_SUFFIXES
 from loadtest.prepare_corpus import repository_photos, variants
 
 
+class GrpcClient(grpcclient.InferenceServerClient):
+    """tritonclient's gRPC client, closed at most once.
+
+    tritonclient closes again in __del__. Under gevent (Locust) every close of a gRPC channel also
+    decrements grpc's count of gevent channels, so a second close throws that count off, and the
+    process then hangs closing a channel at its end (seen: stuck in grpc's channel close from
+    InferenceServerClient.__del__ while garbage-collecting, after "Shutting down").
+    """
+
+    _closed = False
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            super().close()
+
+
 def server_problem(url: str, model: str, timeout_s: float = 5.0) -> str | None:
     """None when a Triton server answers at `url` (gRPC host:port) and `model` is ready there,
-    else what is wrong, in a sentence that names the URL."""
-    with IQAClient(url, model=model, timeout=timeout_s, connect=False) as client:
+    else what is wrong, in a sentence that names the URL.
+
+    tritonclient's synchronous gRPC client, as the Locust users use it: the locustfile runs under
+    gevent, and IQAClient would bring grpc's asyncio layer in beside it.
+    """
+    client = GrpcClient(url)
+    try:
         try:
-            health = client.health()
-        except ServerUnreachableError as err:
-            return str(err)
-    if not (health.live and health.ready):
-        return f"the Triton server at {url} is not ready (live {health.live}, ready {health.ready})"
-    if not health.model_ready:
-        return f"the Triton server at {url} answers, but model '{model}' is not ready there"
-    return None
+            live = client.is_server_live(client_timeout=timeout_s)
+        except InferenceServerException as err:
+            return f"no Triton server answers at {url}: {err.message()}"
+        if not live:
+            return f"the Triton server at {url} is not live"
+        try:
+            ready = client.is_model_ready(model, client_timeout=timeout_s)
+        except InferenceServerException as err:
+            return f"the Triton server at {url} answers, but model '{model}' cannot be asked: {err.message()}"
+        return None if ready else f"the Triton server at {url} answers, but model '{model}' is not ready there"
+    finally:
+        client.close()
 
 
 def load_corpus(folder: Path) -> tuple[list[bytes], str]:

@@ -13,7 +13,7 @@ import pytest
 
 from iqa.serving.launcher import REPO, free_ports
 from loadtest import run
-from loadtest.preflight import load_corpus
+from loadtest.preflight import GrpcClient, load_corpus
 from loadtest.prepare_corpus import prepare, repository_photos
 from loadtest.run import run_locust
 from loadtest.settings import duration_s, knee_settings
@@ -141,3 +141,13 @@ def test_the_step_shape_reports_each_step_and_the_knee(triton, tmp_path):
     top = max(float(r[1]) for r in rows)
     knee = re.search(r"knee \(p99 <= 60000 ms\): (\d+) users, ([\d.]+) req/s", summary.output)
     assert knee and float(knee[2]) == top and knee[1] in [r[0] for r in rows if float(r[1]) == top], summary.output
+
+
+def test_the_load_test_grpc_client_closes_its_channel_once():
+    """tritonclient closes again in __del__; under gevent a second close of a channel hung Locust at exit."""
+    client = GrpcClient(f"127.0.0.1:{free_ports(1)[0]}")
+    closes, real_close = [], client._channel.close
+    client._channel.close = lambda: (closes.append(1), real_close())[1]
+    client.close()
+    client.__del__()  # what garbage collection calls
+    assert closes == [1]
