@@ -10,8 +10,10 @@ heavy so that a client can use it without torch.
 # --- the public wire contract: scores (order = network output channels) and names ---
 # Lives in the client package, which has no torch, and is re-exported here.
 from iqa_client.contract import (  # noqa: F401  (re-exported)
+    ACCEPTED_FORMATS,
     ENSEMBLE_MODEL,
     IMAGE_INPUT,
+    IMAGE_SUFFIXES,
     MODELSCOPE_LABELS,
     OVERLOAD_MESSAGES,
     SCORE_NAMES,

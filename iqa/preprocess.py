@@ -8,12 +8,19 @@ them see exactly the same pixels.
 from __future__ import annotations
 
 import io
+import logging
 import warnings
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+try:
+    import pillow_heif
+except ImportError:
+    pillow_heif = None
+
 from iqa.contract import (
+    ACCEPTED_FORMATS,
     MAX_IMAGE_BYTES,
     MAX_IMAGE_PIXELS,
     MIN_IMAGE_SIDE,
@@ -22,15 +29,39 @@ from iqa.contract import (
     PATCH_SIZE,
 )
 
-# Formats the service promises (DESIGN.md). Restricting Pillow's format probing
-# keeps rarely used, less hardened decoders away from network input. "JPEG" also
-# opens the multi-picture (MPO) JPEGs many cameras write.
-ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+# Pillow probes only the formats the service promises (ACCEPTED_FORMATS, DESIGN.md): rarely used,
+# less hardened decoders stay away from network input. "JPEG" also opens the multi-picture (MPO)
+# JPEGs many cameras write.
+_ACCEPTED_NAMES = ", ".join("HEIF (HEIC)" if name == "HEIF" else name for name in ACCEPTED_FORMATS)
+
+# Uploads the service refuses although people send them, known by their signature so that the refusal
+# names them. Converting either to PNG keeps every artefact the scores measure. JPEG 2000: Pillow could
+# decode it (OpenJPEG) at about the cost of the accepted formats (python -m loadtest.formats_bench),
+# but no phone or browser sends it and OpenJPEG has the longest record of memory-safety flaws of the
+# decoders Pillow bundles. JPEG XL: the pinned Pillow has no decoder, and no phone or browser default
+# produces it.
+REFUSED_SIGNATURES = (
+    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000"),
+    (b"\xff\x4f\xff\x51", "JPEG 2000"),  # a bare codestream (.j2k, .j2c)
+    (b"\x00\x00\x00\x0cJXL \r\n\x87\n", "JPEG XL"),
+    (b"\xff\x0a", "JPEG XL"),  # a bare codestream
+)
 
 # Pillow's own bomb guard, aligned with ours; we check the header size first
 # anyway so that the message names our limit.
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 Image.init()  # register every plugin now: open(formats=...) only finds loaded ones
+# HEIC/HEIF from pillow-heif (Pillow decodes AVIF itself). It always converts 10/12-bit pictures to
+# 8 bits and applies the container's rotation and mirroring (resetting the EXIF orientation, so it is
+# not applied twice). Only the primary image is decoded: thumbnails, depth maps and auxiliary images
+# are not even listed. The server's environments pin it (pyproject.toml, docker/Dockerfile); training
+# imports this module for sample_patches alone, also on the GPU machine, which does without it.
+if pillow_heif is None:
+    logging.getLogger(__name__).warning("pillow-heif is not installed: HEIC/HEIF images are refused here")
+else:
+    pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
+# What Image.open may try: the accepted formats this environment can decode.
+_DECODERS = tuple(name for name in ACCEPTED_FORMATS if name in Image.OPEN)
 
 
 class ImageError(ValueError):
@@ -40,9 +71,11 @@ class ImageError(ValueError):
 def decode(data: bytes) -> np.ndarray:
     """Encoded image bytes -> upright RGB pixels, uint8 [H, W, 3].
 
-    Applies EXIF orientation, takes the first frame of animations, composites
-    transparency over white and maps palette, grey, 16-bit and CMYK images to
-    8-bit RGB. Raises ImageError with a message naming the problem.
+    Accepts ACCEPTED_FORMATS. Applies EXIF orientation (HEIF: the container's
+    rotation and mirroring), takes the first frame of animations and the primary
+    image of a HEIF collection, composites transparency over white and maps
+    palette, grey, 16-bit, 10/12-bit (HEIF, AVIF) and CMYK images to 8-bit RGB.
+    Raises ImageError with a message naming the problem.
     """
     if len(data) == 0:
         raise ImageError("empty input: zero bytes")
@@ -51,28 +84,42 @@ def decode(data: bytes) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+            image = Image.open(io.BytesIO(data), formats=_DECODERS)
             width, height = image.size
             if width * height > MAX_IMAGE_PIXELS:
                 raise ImageError(
                     f"image is {width}x{height} = {width * height} pixels, more than the limit "
                     f"of {MAX_IMAGE_PIXELS} (decompression bomb guard)"
                 )
-            image.seek(0)  # first frame of GIF / WebP / TIFF animations and page sets
+            # Opening stands on the picture a viewer shows: the first frame of animations and page
+            # sets, the primary image of a HEIF collection (not always its first, so no seek(0)).
             image.load()
             image = ImageOps.exif_transpose(image)
             return _to_rgb(image)
     except ImageError:
         raise
     except UnidentifiedImageError:
-        raise ImageError(
-            f"not a recognised image: accepted formats are {', '.join(ACCEPTED_FORMATS)}"
-        ) from None
+        raise ImageError(_unidentified(data)) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageError(f"decompression bomb guard: {err}") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as err:
-        # Pillow reports truncated and corrupt streams as OSError / SyntaxError.
+    except (OSError, SyntaxError, ValueError, EOFError, RuntimeError) as err:
+        # Pillow reports truncated and corrupt streams as OSError / SyntaxError; pillow-heif reports
+        # libheif's refusals (security limits, allocation) as RuntimeError.
         raise ImageError(f"corrupt or truncated image data: {err}") from None
+
+
+def _unidentified(data: bytes) -> str:
+    """Why no accepted format opened these bytes: a refused format, a damaged accepted one, or neither."""
+    for signature, name in REFUSED_SIGNATURES:
+        if data.startswith(signature):
+            return (f"{name} is not accepted: accepted formats are {_ACCEPTED_NAMES}; convert it to PNG, "
+                    "which keeps every artefact the scores measure")
+    prefix = data[:16]
+    for name in _DECODERS:  # each plugin's own signature check, as Image.open makes it
+        accept = Image.OPEN[name][1]
+        if accept is not None and accept(prefix) is True:
+            return f"corrupt or truncated image data: it starts as {name} but its decoder cannot read it"
+    return f"not a recognised image: accepted formats are {_ACCEPTED_NAMES}"
 
 
 def _to_rgb(image: Image.Image) -> np.ndarray:

@@ -32,6 +32,7 @@ import torch
 from iqa.contract import ENSEMBLE_MODEL, IMAGE_INPUT, NETWORK_MODEL, PREPROCESS_MODEL
 from iqa.preprocess import decode, preprocess, sample_patches
 from iqa.serving.launcher import REPO, Ports, TritonServer, eager_twin, free_ports, read_model_metadata
+from loadtest.settings import duration_s
 
 PHOTOS = REPO / "tests" / "data"
 MODEL_PT = REPO / "model_repository" / "iqa_resnet50" / "1" / "model.pt"
@@ -180,7 +181,7 @@ def _edits(no_batching: bool, fp16: bool):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Ensemble over gRPC vs in-process PyTorch.")
-    parser.add_argument("--seconds", type=float, default=20.0, help="per measured phase")
+    parser.add_argument("--seconds", type=duration_s, default=20.0, help="per measured phase (seconds, or 20s, 1m)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--batching", nargs="+", choices=["on", "off"], default=["on"])
     parser.add_argument("--url", help="measure this running server (gRPC host:port) instead of starting one")

@@ -2,20 +2,22 @@
 
     locust -f loadtest/locustfile.py,loadtest/knee_shape.py --headless --host 127.0.0.1:8001
 
-Each step holds a number of users for IQA_STEP_SECONDS (default 20) and is measured on its own
-(requests, failures, p50/p99 from the step's responses only). The table and the knee are printed
-when the test ends. IQA_STEPS="1,2,4,8,16,32" and IQA_P99_LIMIT_MS (default 1000) configure it.
+Each step holds a number of users for IQA_STEP_SECONDS (default 20; or 30s, 1m) and is measured on
+its own (requests, failures, p50/p99 from the step's responses only). The table and the knee are
+printed when the test ends. IQA_STEPS="1,2,4,8,16,32" and IQA_P99_LIMIT_MS (default 1000) configure
+it (loadtest/settings.py); the run lasts steps x step seconds: 2 minutes by default.
 """
 
 from __future__ import annotations
 
-import os
-
 from locust import LoadTestShape, events
 
-STEPS = [int(n) for n in os.environ.get("IQA_STEPS", "1,2,4,8,16,32").split(",")]
-STEP_SECONDS = float(os.environ.get("IQA_STEP_SECONDS", "20"))
-P99_LIMIT_MS = float(os.environ.get("IQA_P99_LIMIT_MS", "1000"))
+from loadtest.settings import knee_settings
+
+SETTINGS = knee_settings()
+STEPS = list(SETTINGS.steps)
+STEP_SECONDS = SETTINGS.step_s
+P99_LIMIT_MS = SETTINGS.p99_limit_ms
 # The first seconds of a step are spawning and queue filling: measured from here on.
 SETTLE_SECONDS = min(5.0, STEP_SECONDS / 4)
 

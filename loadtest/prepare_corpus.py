@@ -1,6 +1,6 @@
 """Prepare the load-test corpus: real photos in mixed sizes and formats, as production traffic is.
 
-    python -m loadtest.prepare_corpus [--out loadtest/corpus] [--debian]
+    .venv/bin/python -m loadtest.prepare_corpus [--out loadtest/corpus] [--debian]
 
 Sources: the photos in tests/data/ and, with --debian, the 19 photo templates of Debian's
 `tuxpaint-data` package (apt-get download + dpkg -x into ~/.cache, nothing installed).
@@ -10,8 +10,10 @@ Each photo is written at native size and at half size, as JPEG (quality 90 and 6
 from __future__ import annotations
 
 import argparse
+import io
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from PIL import Image
@@ -35,18 +37,29 @@ def debian_photos() -> list[Path]:
     return sorted(templates.glob("*.jpg"))
 
 
+def repository_photos() -> list[Path]:
+    """The repository's own photos (tests/data), always at hand."""
+    return sorted((REPO / "tests" / "data").glob("*.jpg"))
+
+
+def variants(source: Path) -> Iterator[tuple[str, bytes]]:
+    """(file name, encoded bytes) of one photo at native and half size, in each of the corpus's formats."""
+    photo = Image.open(source).convert("RGB")
+    for scale in (1, 2):
+        image = photo if scale == 1 else photo.resize((photo.width // 2, photo.height // 2), Image.LANCZOS)
+        for suffix, fmt, params in VARIANTS:
+            buffer = io.BytesIO()
+            image.save(buffer, format=fmt, **params)
+            yield f"{source.stem}_{image.width}x{image.height}.{suffix}", buffer.getvalue()
+
+
 def prepare(out: Path = DEFAULT_OUT, debian: bool = False) -> list[Path]:
-    sources = sorted((REPO / "tests" / "data").glob("*.jpg")) + (debian_photos() if debian else [])
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for source in sources:
-        photo = Image.open(source).convert("RGB")
-        for scale in (1, 2):
-            image = photo if scale == 1 else photo.resize((photo.width // 2, photo.height // 2), Image.LANCZOS)
-            for suffix, fmt, params in VARIANTS:
-                path = out / f"{source.stem}_{image.width}x{image.height}.{suffix}"
-                image.save(path, format=fmt, **params)
-                written.append(path)
+    for source in repository_photos() + (debian_photos() if debian else []):
+        for name, data in variants(source):
+            (out / name).write_bytes(data)
+            written.append(out / name)
     return written
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+import iqa.preprocess  # noqa: F401  (registers pillow-heif's plugin, which encode(..., "HEIF") needs)
+
 PHOTO = Path(__file__).parent / "data" / "sheep.jpg"
 
 
@@ -68,6 +70,57 @@ def exif_rotated_png() -> tuple[bytes, bytes]:
     return encode(upright, "PNG"), encode(stored, "PNG", exif=exif.tobytes())
 
 
+def heif_10bit(twelve: bool = False) -> bytes:
+    """The photo as a 10-bit (or 12-bit) HEIC, as phones write HDR pictures: pillow-heif keeps 16-bit
+    input at 10 bits unless told 12."""
+    import pillow_heif
+
+    wide = np.asarray(photo(), dtype=np.uint16) * 257
+    heif = pillow_heif.from_bytes(mode="RGB;16", size=photo().size, data=wide.tobytes())
+    buffer = io.BytesIO()
+    heif.save(buffer, quality=90, save_to_12bit=twelve)
+    return buffer.getvalue()
+
+
+def avif_10bit() -> bytes:
+    """The photo as a 10-bit AVIF (AV1 yuv420p10 by SVT-AV1 through PyAV: Pillow writes 8 bits only)."""
+    import av
+
+    even = np.asarray(photo())[: photo().height // 2 * 2, : photo().width // 2 * 2]
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="avif") as container:
+        stream = container.add_stream("libsvtav1", rate=1)
+        stream.width, stream.height, stream.pix_fmt = even.shape[1], even.shape[0], "yuv420p10le"
+        for packet in stream.encode(av.VideoFrame.from_ndarray(even, format="rgb24")):
+            container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+def heif_collection() -> tuple[bytes, Image.Image]:
+    """(a HEIC holding two pictures whose primary one is the second, that primary picture)."""
+    other = photo().rotate(180).resize((400, 240))
+    return encode(other, "HEIF", quality=90, save_all=True, append_images=[photo()], primary_index=1), photo()
+
+
+def declaring_size(data: bytes, width: int, height: int) -> bytes:
+    """The same HEIF / AVIF file with its image's declared size (the `ispe` property) changed."""
+    at = data.index(b"ispe")
+    return data[: at + 8] + struct.pack(">II", width, height) + data[at + 16 :]
+
+
+def even_photo() -> Image.Image:
+    """The photo cropped to even sides: an odd side makes the encoder add a crop box whose size wins."""
+    return photo().crop((0, 0, photo().width // 2 * 2, photo().height // 2 * 2))
+
+
+def jpeg_xl_like() -> bytes:
+    """The first bytes a JPEG XL file starts with (ISO/IEC 18181-2 container signature, then its ftyp box):
+    no library at hand writes JPEG XL, and the service recognises it by this signature alone."""
+    return b"\x00\x00\x00\x0cJXL \r\n\x87\n" + b"\x00\x00\x00\x14ftypjxl \x00\x00\x00\x00jxl " + bytes(200)
+
+
 # name -> (bytes factory, None to be scored | phrase the error must contain)
 CASES = {
     "zero_bytes": (lambda: b"", "empty input"),
@@ -86,4 +139,25 @@ CASES = {
     "tiff": (lambda: encode(photo(), "TIFF"), None),
     "strip_20000x16": (lambda: encode(Image.new("RGB", (20000, 16), (90, 120, 60)), "PNG"), "at least 32 pixels"),
     "small_40x40_padded": (lambda: encode(photo().crop((0, 0, 40, 40)), "PNG"), None),
+    # the formats phones and browsers send, with the same guards as the others
+    "heic": (lambda: encode(photo(), "HEIF", quality=90), None),
+    "avif": (lambda: encode(photo(), "AVIF", quality=90), None),
+    "heic_10bit": (heif_10bit, None),
+    "heic_12bit": (lambda: heif_10bit(twelve=True), None),
+    "avif_10bit": (avif_10bit, None),
+    "heic_with_alpha": (lambda: encode(Image.open(io.BytesIO(png_with_alpha())), "HEIF", quality=90), None),
+    "avif_with_alpha": (lambda: encode(Image.open(io.BytesIO(png_with_alpha())), "AVIF", quality=90), None),
+    "heic_collection": (lambda: heif_collection()[0], None),
+    "heic_truncated": (lambda: encode(photo(), "HEIF", quality=90)[:3000], "truncated"),
+    "avif_truncated": (lambda: encode(photo(), "AVIF", quality=90)[:3000], "truncated"),
+    "heic_1x1": (lambda: encode(Image.new("RGB", (1, 1), (200, 30, 30)), "HEIF"), "at least 32 pixels"),
+    "avif_20x400": (lambda: encode(photo().crop((0, 0, 20, 400)), "AVIF"), "at least 32 pixels"),
+    "heic_declaring_10000x10000": (lambda: declaring_size(encode(even_photo(), "HEIF"), 10000, 10000),
+                                   "decompression bomb guard"),
+    "avif_declaring_10000x10000": (lambda: declaring_size(encode(even_photo(), "AVIF"), 10000, 10000),
+                                   "decompression bomb guard"),
+    # refused, and named
+    "jpeg2000": (lambda: encode(photo(), "JPEG2000"), "JPEG 2000 is not accepted"),
+    "jpeg2000_codestream": (lambda: encode(photo(), "JPEG2000", no_jp2=True), "JPEG 2000 is not accepted"),
+    "jpeg_xl": (jpeg_xl_like, "JPEG XL is not accepted"),
 }

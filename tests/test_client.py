@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import csv
 import io
 import json
+import sys
 import time
+from pathlib import Path
 
 import av
 import numpy as np
@@ -19,6 +22,8 @@ from iqa_client import (
     AsyncIQAClient,
     BadImageError,
     IQAClient,
+    IQAError,
+    MissingExtraError,
     ModelError,
     RetryPolicy,
     Scores,
@@ -26,6 +31,8 @@ from iqa_client import (
 )
 from iqa_client import cli
 from iqa_client.images import png_from_array
+from iqa_client.video import VideoReport
+from tests import odd_images
 from tests.conftest import DATA
 
 TOLERANCE = 1e-4  # as in test_server: same model, different batch companions
@@ -201,12 +208,171 @@ def test_the_cli_json_and_csv_match_the_library(client, triton, tmp_path, capsys
     assert table[0]["error"] and not table[0]["noise"]
     for row in table[1:]:
         assert close(Scores(float(row["noise"]), float(row["blur"]), float(row["compression"])), expected[row["path"]])
-    assert f"failed: {broken}" in captured.err and "1 of 3 failed" in captured.err
+    # the failure is named once, in the output; stderr counts it, and names the folder it did not enter
+    assert table[0]["error"] not in captured.err and "1 of 3 failed" in captured.err
+    assert f"{tmp_path / 'nested'}: a folder: give --recursive" in captured.err
 
 
-def test_the_cli_reports_an_unreachable_server_with_exit_status_2(capsys):
-    assert cli.main(["health", "--url", f"127.0.0.1:{free_ports(1)[0]}", "--timeout", "2"]) == 2
-    assert "no Triton server answers" in capsys.readouterr().err
+# --- the command line's contract: one rule for exit status and messages ------------------------------
+
+
+def unreachable() -> str:
+    return f"127.0.0.1:{free_ports(1)[0]}"
+
+
+@pytest.fixture(scope="module")
+def a_video(tmp_path_factory):
+    photo = np.asarray(Image.open(DATA / "sheep.jpg").convert("RGB").crop((0, 0, 256, 192)))
+    path = tmp_path_factory.mktemp("video") / "clip.mkv"
+    write_video(path, photo, photo[::-1].copy())
+    return path
+
+
+USAGE_ERRORS = {  # arguments -> what the message must name
+    "missing image": (["score", "no/such/photo.jpg"], "argument PATH: no such file or folder: no/such/photo.jpg"),
+    "missing video": (["video", "no/such/clip.mp4"], "argument file: no such file or folder"),
+    "timeout 0": (["score", str(DATA), "--timeout", "0"], "argument --timeout: must be > 0, got '0'"),
+    "timeout -1 before the command": (["--timeout", "-1", "health"], "argument --timeout: must be > 0, got '-1'"),
+    "fps 0": (["video", str(DATA / "sheep.jpg"), "--fps", "0"], "argument --fps: must be > 0"),
+    "frames 0": (["video", str(DATA / "sheep.jpg"), "--frames", "0"], "argument --frames: must be > 0"),
+    "fps and frames": (["video", str(DATA / "sheep.jpg"), "--fps", "1", "--frames", "2"],
+                       "argument --frames: not allowed with argument --fps"),
+    "percentile 150": (["video", str(DATA / "sheep.jpg"), "--percentile", "150"], "argument --percentile: must be in"),
+    "concurrency 0": (["score", str(DATA), "--concurrency", "0"], "argument --concurrency: must be > 0"),
+    "header without =": (["score", str(DATA), "--header", "token"], "argument --header: expected KEY=VALUE"),
+    "plot into a missing folder": (["video", str(DATA / "sheep.jpg"), "--plot", "no/such/dir/t.png"],
+                                   "argument --plot: no such folder to write into"),
+    "unknown option": (["score", str(DATA), "--colour"], "unrecognized arguments: --colour"),
+    "no command": ([], "the following arguments are required: COMMAND"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(USAGE_ERRORS))
+def test_bad_arguments_are_usage_errors_naming_the_argument(case, capsys):
+    argv, message = USAGE_ERRORS[case]
+    assert cli.main(["--url", unreachable(), *argv]) == cli.EXIT_USAGE == 2  # refused before any connection
+    err = capsys.readouterr().err
+    assert message in err and "no Triton server answers" not in err, err
+
+
+@pytest.mark.parametrize("argv", [["health"], ["score", str(DATA / "sheep.jpg")], ["video", "VIDEO"]])
+def test_a_server_that_cannot_be_used_exits_3_with_one_line(argv, a_video, capsys):
+    argv = [str(a_video) if a == "VIDEO" else a for a in argv]
+    url = unreachable()
+    assert cli.main([*argv, "--url", url, "--timeout", "2"]) == cli.EXIT_SERVER == 3
+    err = capsys.readouterr().err
+    assert err.startswith(f"iqa: no Triton server answers at {url}") and err.count("\n") == 1, err
+
+
+def test_exit_status_0_and_1_and_each_failure_named_once(triton, tmp_path, capsys):
+    good, broken = DATA / "sheep.jpg", tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff not really a jpeg")
+    assert cli.main(["score", str(good), "--url", triton.grpc_url]) == cli.EXIT_OK == 0
+    capsys.readouterr()
+    assert cli.main(["score", str(good), str(broken), "--url", triton.grpc_url]) == cli.EXIT_FAILED_ITEMS == 1
+    captured = capsys.readouterr()
+    output = captured.out + captured.err
+    assert output.count(str(broken)) == 1 and output.count("truncated") == 1, output  # named once, with its reason
+    assert "1 of 2 failed" in captured.err
+    not_a_video = tmp_path / "clip.mp4"
+    not_a_video.write_bytes(b"not a video")
+    assert cli.main(["video", str(not_a_video), "--url", triton.grpc_url]) == 1
+    assert "cannot read a video stream" in capsys.readouterr().err
+    assert cli.main(["health", "--url", triton.grpc_url]) == 0
+    assert json.loads(capsys.readouterr().out)["model_ready"] is True
+
+
+def test_common_options_go_before_or_after_the_command(triton, capsys):
+    photo = str(DATA / "sheep.jpg")
+    assert cli.main(["--url", triton.grpc_url, "score", photo]) == 0
+    assert cli.main(["score", photo, "--url", triton.grpc_url]) == 0
+    assert cli.main(["--url", unreachable(), "score", photo, "--url", triton.grpc_url]) == 0  # after wins
+    capsys.readouterr()
+    before = cli.parser().parse_args(["--timeout", "5", "--header", "a=1", "score", photo])
+    assert before.timeout == 5.0 and before.header == [("a", "1")] and before.url == cli.DEFAULT_URL
+    assert cli.parser().parse_args(["score", photo]).timeout == cli.DEFAULT_TIMEOUT_S
+
+
+def subcommands(top) -> dict:
+    (action,) = [a for a in top._actions if isinstance(a, argparse._SubParsersAction)]
+    return action.choices
+
+
+def test_every_option_has_help_and_the_help_shows_its_default():
+    top = cli.parser()
+    for name, parser in {"iqa": top, **subcommands(top)}.items():
+        text = parser.format_help()
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                continue
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help text"
+            default = cli.COMMON_DEFAULTS.get(action.dest, action.default)
+            if default not in (None, False, [], argparse.SUPPRESS):
+                assert f"(default: {default})" in " ".join(text.split()), (name, action.dest)
+
+
+def test_a_missing_extra_is_a_clear_error_before_any_work(a_video, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if `pip install ./client` without [video]
+    url = unreachable()  # were the server asked first, the error would be "no Triton server answers"
+    assert cli.main(["video", str(a_video), "--plot", str(tmp_path / "t.png"), "--url", url]) == 2
+    err = capsys.readouterr().err
+    assert "iqa video needs matplotlib, which is not installed: pip install 'matplotlib>=" in err, err
+    assert "no Triton server answers" not in err and not (tmp_path / "t.png").exists()
+
+    monkeypatch.setitem(sys.modules, "av", None)
+    assert cli.main(["video", str(a_video), "--url", url]) == 2
+    assert "iqa video needs av, which is not installed: pip install 'av>=" in capsys.readouterr().err
+    offline = IQAClient(url, connect=False, timeout=2)
+    with pytest.raises(MissingExtraError, match="pip install 'av>=") as caught:
+        offline.score_video(a_video, frames=2)  # before any frame is read or any request sent
+    assert isinstance(caught.value, IQAError) and isinstance(caught.value, ImportError)
+    report = VideoReport(str(a_video), 1.0, 95.0, None, None, ())
+    with pytest.raises(MissingExtraError, match="VideoReport.plot needs matplotlib"):
+        report.plot(tmp_path / "t.png")
+
+
+# --- the formats phones and browsers send -----------------------------------------------------------
+
+
+def encoded(image: Image.Image, fmt: str, **params) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **params)
+    return buffer.getvalue()
+
+
+def test_heic_and_avif_folders_score_through_the_cli_and_skipped_files_are_named(client, triton, tmp_path, capsys):
+    photo = Image.open(DATA / "rocks.jpg").convert("RGB")
+    (tmp_path / "IMG_0001.HEIC").write_bytes(encoded(photo, "HEIF", quality=90))
+    (tmp_path / "web.avif").write_bytes(encoded(photo, "AVIF", quality=90))
+    (tmp_path / "IMG_0001.png").write_bytes(encoded(photo, "PNG"))
+    (tmp_path / "IMG_0001.AAE").write_text("<plist/>")  # the edit sidecar iPhones export beside a photo
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert cli.main(["score", str(tmp_path), "--json", "--url", triton.grpc_url]) == 0
+    captured = capsys.readouterr()
+    rows = {Path(r["path"]).name: r for r in json.loads(captured.out)}
+    assert set(rows) == {"IMG_0001.HEIC", "web.avif", "IMG_0001.png", "IMG_0001.AAE", "notes.txt"}
+    assert "not named like an accepted image (.txt)" in rows["notes.txt"]["skipped"]
+    assert "skipped" in rows["IMG_0001.AAE"] and "noise" not in rows["IMG_0001.AAE"]
+    assert "skipped 2 paths" in captured.err
+    assert f"{tmp_path / 'notes.txt'}: not named like" in captured.err and "IMG_0001.AAE" in captured.err
+    png = rows["IMG_0001.png"]
+    for name in ("IMG_0001.HEIC", "web.avif"):
+        assert abs(rows[name]["noise"] - png["noise"]) <= 0.05 and abs(rows[name]["blur"] - png["blur"]) <= 0.05
+        assert abs(rows[name]["compression"] - png["compression"]) <= 0.1
+
+
+def test_a_pil_image_opened_from_heic_or_avif_scores_like_its_file(client, tmp_path):
+    """PIL images travel as PNG in their own mode, with their EXIF orientation: the server then treats
+    transparency and orientation as it does for the file itself."""
+    rgba = Image.open(io.BytesIO(odd_images.png_with_alpha()))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    turned = odd_images.photo().transpose(Image.Transpose.ROTATE_90)
+    files = {"alpha.heic": encoded(rgba, "HEIF", quality=90), "alpha.avif": encoded(rgba, "AVIF", quality=90),
+             "turned.avif": encoded(turned, "AVIF", quality=90, exif=exif.tobytes())}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        assert close(client.score(Image.open(tmp_path / name)), client.score(tmp_path / name)), name
 
 
 @pytest.fixture(scope="module")

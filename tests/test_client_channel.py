@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from iqa_client import AsyncIQAClient, IQAClient, IQAError, RetryPolicy
-from iqa_client.client import channel_arguments
+from iqa_client.channel import channel_arguments
 from tests.conftest import DATA
 
 PHOTO = DATA / "sheep.jpg"

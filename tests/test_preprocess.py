@@ -1,9 +1,13 @@
 """Decoding and patch sampling in-process (the same code the iqa_preprocess model runs)."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
+from PIL import Image
 
-from iqa.contract import MAX_IMAGE_BYTES, PATCH_GRID, PATCH_SHAPE, PATCH_SIZE
+from iqa.contract import ACCEPTED_FORMATS, IMAGE_SUFFIXES, MAX_IMAGE_BYTES, PATCH_GRID, PATCH_SHAPE, PATCH_SIZE
 from iqa.preprocess import ImageError, decode, preprocess, sample_patches
 from tests import odd_images
 from tests.odd_images import CASES, encode, photo
@@ -77,3 +81,68 @@ def test_formats_outside_the_contract_are_refused():
     with pytest.raises(ImageError, match="not a recognised image"):
         decode(encode(photo(), "PPM"))
 
+
+
+@pytest.mark.parametrize("case", ["heic", "avif", "heic_10bit", "heic_12bit", "avif_10bit"])
+def test_heic_and_avif_decode_to_the_picture_in_8_bits(case):
+    rgb = decode(CASES[case][0]())
+    assert rgb.dtype == np.uint8 and abs(rgb.shape[0] - photo().height) <= 1 and rgb.shape[1] == photo().width
+    assert np.abs(rgb.astype(float) - np.asarray(photo(), dtype=float)[: rgb.shape[0]]).mean() < 4
+
+
+def test_a_heif_collection_gives_its_primary_image_not_its_first():
+    data, primary = odd_images.heif_collection()
+    rgb = decode(data)
+    assert rgb.shape == np.asarray(primary).shape
+    assert np.abs(rgb.astype(float) - np.asarray(primary, dtype=float)).mean() < 4
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+def test_heic_and_avif_orientation_is_applied(fmt):
+    """A picture stored turned, with the EXIF orientation that undoes it: HEIF writes it as the container's
+    rotation (libheif turns it back), AVIF's Pillow plugin as the EXIF tag (exif_transpose does)."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored = photo().transpose(Image.Transpose.ROTATE_90)
+    rgb = decode(encode(stored, fmt, quality=90, exif=exif.tobytes()))
+    assert rgb.shape == np.asarray(photo()).shape
+    assert np.abs(rgb.astype(float) - np.asarray(photo(), dtype=float)).mean() < 4
+
+
+@pytest.mark.parametrize("case", ["heic_with_alpha", "avif_with_alpha"])
+def test_heic_and_avif_transparency_is_composited_over_white(case):
+    rgb = decode(CASES[case][0]())
+    assert (rgb[:, 0] >= 250).all()  # alpha 0 in the first column: white, up to the codec's error
+    assert np.abs(rgb[:, -1].astype(float) - np.asarray(photo(), dtype=float)[:, -1]).mean() < 6
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+def test_a_heic_or_avif_declaring_too_many_pixels_is_refused_before_decoding(fmt):
+    # The declared size is a header field; decoding would fail on the lie, so refusal proves the order.
+    data = odd_images.declaring_size(encode(odd_images.even_photo(), fmt), 10000, 10000)
+    with pytest.raises(ImageError) as caught:
+        decode(data)
+    assert "decompression bomb" in str(caught.value) and "100000000 pixels" in str(caught.value)
+
+
+def test_accepted_formats_and_folder_suffixes_agree_with_pillow():
+    registered = Image.registered_extensions()
+    assert set(IMAGE_SUFFIXES) == {ext for ext, fmt in registered.items() if fmt in ACCEPTED_FORMATS}
+
+
+def test_without_pillow_heif_heic_is_refused_and_everything_else_decodes(tmp_path):
+    """Training imports this module on the GPU machine, which lacks pillow-heif: it must import and decode
+    the other formats there, and refuse HEIC with a named error instead of crashing."""
+    files = {case: tmp_path / case for case in ("heic", "avif", "webp", "tiff", "png_with_alpha")}
+    for case, path in files.items():
+        path.write_bytes(CASES[case][0]())
+    code = ("import sys; sys.modules['pillow_heif'] = None\n"
+            "from pathlib import Path\n"
+            "from iqa.preprocess import ImageError, decode\n"
+            f"for path in {[str(p) for c, p in files.items() if c != 'heic']!r}: decode(Path(path).read_bytes())\n"
+            f"try: decode(Path({str(files['heic'])!r}).read_bytes())\n"
+            "except ImageError as err: print(err)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "pillow-heif is not installed: HEIC/HEIF images are refused here" in done.stderr
+    assert done.stdout.startswith("not a recognised image: accepted formats are"), done.stdout

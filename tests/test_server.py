@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import queue
 
 import numpy as np
 import pytest
+from PIL import Image
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
@@ -133,3 +135,14 @@ def test_each_odd_input_gets_scores_or_a_clear_error_and_the_server_stays_health
 def test_an_exif_rotated_image_scores_like_the_upright_one(client):
     upright, rotated = odd_images.exif_rotated_png()
     np.testing.assert_allclose(infer(client, [rotated]), infer(client, [upright]), atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+def test_heic_and_avif_photos_score_like_the_png_of_the_same_photo(fmt, client, photos):
+    """Within the codec's own effect: noise and blur within 0.05; compression moves a little either way
+    (the codec adds artefacts of its own but also smooths the JPEG blocks of these source photos)."""
+    for name, jpeg in photos.items():
+        picture = Image.open(io.BytesIO(jpeg)).convert("RGB")
+        png, encoded = infer(client, [odd_images.encode(picture, "PNG"), odd_images.encode(picture, fmt, quality=90)])
+        noise, blur, compression = encoded - png
+        assert abs(noise) <= 0.05 and abs(blur) <= 0.05 and abs(compression) <= 0.1, (name, png, encoded)

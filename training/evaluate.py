@@ -330,7 +330,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="also print the blur score of motion blur by angle (6 and 10 px, the photos' mean)")
     args = parser.parse_args(argv)
 
-    references = references_from_pool(args.pool, args.split, args.photos)
+    try:
+        references = references_from_pool(args.pool, args.split, args.photos)
+    except FileNotFoundError as err:  # no pool yet: say what builds it, not a traceback
+        print(f"evaluate: {err}", file=sys.stderr)
+        return 2
     if args.server:
         name, score_fn = f"served ({args.server})", server_scorer(args.server)
     else:

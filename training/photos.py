@@ -196,7 +196,8 @@ def photos(pool: Path = CACHE / "pool", split: str | None = None) -> list[Photo]
     """The pool's photos (optionally one split), in a stable order."""
     manifest = load_manifest(pool)
     if not manifest:
-        raise FileNotFoundError(f"no photo pool in {pool}: run `python -m training.photos` first")
+        raise FileNotFoundError(f"no photo pool in {pool}: run `make photos` first (once: it downloads over "
+                                "400 MB of Debian packages and keeps the photos outside git)")
     return [
         Photo(name, entry["split"], pool / entry["file"])
         for name, entry in sorted(manifest.items())

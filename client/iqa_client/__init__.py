@@ -17,6 +17,7 @@ _EXPORTS = {
     "BadImageError": "iqa_client.errors",
     "IQAError": "iqa_client.errors",
     "IQATimeoutError": "iqa_client.errors",
+    "MissingExtraError": "iqa_client.errors",
     "ModelError": "iqa_client.errors",
     "ServerBusyError": "iqa_client.errors",
     "ServerError": "iqa_client.errors",
@@ -35,7 +36,7 @@ def __getattr__(name: str):
 if TYPE_CHECKING:
     from iqa_client.client import AsyncIQAClient, Health, IQAClient, RetryPolicy  # noqa: F401
     from iqa_client.errors import (  # noqa: F401
-        BadImageError, IQAError, IQATimeoutError, ModelError, ServerBusyError, ServerError,
+        BadImageError, IQAError, IQATimeoutError, MissingExtraError, ModelError, ServerBusyError, ServerError,
         ServerUnreachableError,
     )
     from iqa_client.result import Scores  # noqa: F401

@@ -1,11 +1,17 @@
 """`iqa`: score images and videos from a shell against a running iqa_degradation server.
 
-    iqa score photo.jpg shots/ --recursive --csv > scores.csv
+    iqa score photo.heic shots/ --recursive --csv > scores.csv
     iqa video clip.mp4 --frames 64 --plot timeline.png
     iqa health
+    iqa --url host:8001 score photo.jpg     # the common options go before or after the command
 
-Exit status: 0 when everything was scored, 1 when any item failed (listed on stderr),
-2 for usage errors or when the server cannot be used at all.
+Exit status, the same rule for every command:
+  0  everything asked for was scored (health: the server is live and the model ready)
+  1  some input could not be scored: each is named once, with its reason, in the output
+  2  usage error: a bad option or argument (named), a path that does not exist, nothing to
+     score in the folders given, or an optional extra the command needs is not installed
+  3  the server cannot be used: unreachable, not ready, or not serving this model
+Errors go to stderr as one line, "iqa: ..."; usage errors as argparse prints them.
 """
 
 from __future__ import annotations
@@ -13,27 +19,200 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from iqa_client.client import DEFAULT_URL, IQAClient
-from iqa_client.errors import IQAError
+from iqa_client.contract import ENSEMBLE_MODEL, IMAGE_SUFFIXES
+from iqa_client.errors import (
+    BadImageError,
+    IQAError,
+    IQATimeoutError,
+    MissingExtraError,
+    ModelError,
+    ServerBusyError,
+    ServerError,
+    ServerUnreachableError,
+)
+from iqa_client.extras import require_all
 from iqa_client.result import Scores
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+EXIT_OK, EXIT_FAILED_ITEMS, EXIT_USAGE, EXIT_SERVER = 0, 1, 2, 3
+# Raised while the server cannot be used at all (connect, health): exit 3.
+SERVER_ERRORS = (ServerUnreachableError, ModelError, ServerBusyError, IQATimeoutError, ServerError)
+DEFAULT_TIMEOUT_S = 30.0
 
 
-def expand(paths: list[str], recursive: bool) -> list[Path]:
-    """Files as given; folders become the images in them (and in sub-folders with --recursive)."""
+# --- argument types: a bad value is a usage error naming the argument ------------------------------
+
+
+def positive(kind: type) -> Callable[[str], float]:
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__} > 0, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
+def percentile(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 100], got {text!r}") from None
+    if not 0 < value <= 100:
+        raise argparse.ArgumentTypeError(f"must be in (0, 100], got {text!r}")
+    return value
+
+
+def existing(text: str) -> Path:
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"no such file or folder: {text}")
+    return path
+
+
+def existing_file(text: str) -> Path:
+    path = existing(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"not a file: {text}")
+    return path
+
+
+def writable_file(text: str) -> Path:
+    path = Path(text)
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"no such folder to write into: {path.parent}")
+    return path
+
+
+def header(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+# --- the parser: common options before or after the command, defaults in --help ----------------------
+
+COMMON_OPTIONS = (
+    (("--url",), dict(default=DEFAULT_URL, metavar="HOST:PORT", help="Triton's gRPC endpoint ($IQA_URL sets the default)")),
+    (("--timeout",), dict(type=positive(float), default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                          help="per request, retries included")),
+    (("--model",), dict(default=ENSEMBLE_MODEL, help="the model to call (an iqa_degradation ensemble)")),
+    (("--tls",), dict(action="store_true", default=False, help="connect with TLS")),
+    (("--ca-cert",), dict(type=existing_file, default=None, metavar="PEM", help="root certificates for --tls")),
+    (("--header",), dict(type=header, action="append", default=[], metavar="KEY=VALUE",
+                         help="gRPC metadata sent with every call (repeatable)")),
+)
+
+COMMON_DEFAULTS = {flags[0].removeprefix("--").replace("-", "_"): settings["default"] for flags, settings in COMMON_OPTIONS}
+
+
+def worth_showing(default) -> bool:
+    """A default --help names: not an unset option, an off flag or an empty list."""
+    return default not in (None, False, [], argparse.SUPPRESS)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default where there is one worth showing."""
+
+    def _get_help_string(self, action):
+        shown = action.help and worth_showing(action.default) and "%(default)" not in action.help
+        return f"{action.help} (default: %(default)s)" if shown else action.help
+
+
+def add_common_options(parser: argparse.ArgumentParser, *, with_defaults: bool) -> None:
+    """The options every command takes. The top-level parser holds their defaults; a command's parser
+    holds them without (SUPPRESS), so a value given after the command wins and one given before it
+    is not reset. The help text still names the default."""
+    group = parser.add_argument_group("common options (before or after the command)")
+    for flags, settings in COMMON_OPTIONS:
+        settings = dict(settings)
+        if not with_defaults:
+            default = settings["default"]
+            settings.update(default=argparse.SUPPRESS, help=f"{settings['help']} (default: {default})"
+                            if worth_showing(default) else settings["help"])
+        group.add_argument(*flags, **settings)
+
+
+def add_command(commands, name: str, summary: str, run: Callable[[object, argparse.Namespace], int], *,
+                connect: bool = True, extras: Callable[[argparse.Namespace], list[str]] = lambda args: []
+                ) -> argparse.ArgumentParser:
+    """A subcommand: `run(client, args) -> exit status` once the client is connected (or not, for
+    connect=False); `extras(args)` names the optional modules it needs, checked before anything runs."""
+    sub = commands.add_parser(name, help=summary, description=summary, formatter_class=HelpFormatter)
+    add_common_options(sub, with_defaults=False)
+    sub.set_defaults(run=run, connect=connect, extras=extras)
+    return sub
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="iqa", description=__doc__.split("\n\n")[0],
+                                  epilog="\n\n".join(__doc__.split("\n\n")[1:]), formatter_class=HelpFormatter)
+    add_common_options(top, with_defaults=True)
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    score = add_command(commands, "score", "score image files and the images in folders", cmd_score)
+    score.add_argument("paths", nargs="+", type=existing, metavar="PATH",
+                       help="image files (sent whatever their name) and folders (their files named like images: "
+                            + " ".join(IMAGE_SUFFIXES) + ")")
+    score.add_argument("--recursive", "-r", action="store_true", help="descend into sub-folders")
+    score.add_argument("--concurrency", type=positive(int), default=8, metavar="N", help="requests in flight")
+    formats = score.add_mutually_exclusive_group()
+    formats.add_argument("--json", dest="format", action="store_const", const="json",
+                         help="a JSON list: one object per file, scored, failed or skipped")
+    formats.add_argument("--csv", dest="format", action="store_const", const="csv",
+                         help="CSV: one row per file scored or failed")
+
+    video = add_command(commands, "video", "score frames sampled from a video (needs the client's video extra)",
+                        cmd_video, extras=lambda args: ["av"] + (["matplotlib"] if args.plot else []))
+    video.add_argument("file", type=existing_file, help="a video file PyAV (FFmpeg) can read")
+    sampling = video.add_mutually_exclusive_group()
+    sampling.add_argument("--fps", type=positive(float), help="frames per second to sample, instead of --frames")
+    sampling.add_argument("--frames", type=positive(int), default=32, help="frames sampled uniformly over the video")
+    video.add_argument("--percentile", type=percentile, default=95.0, help="the worst-case percentile reported")
+    video.add_argument("--plot", type=writable_file, metavar="PNG", help="write a timeline of the scores here")
+    video.add_argument("--json", dest="format", action="store_const", const="json",
+                       help="the report as JSON, with every frame's scores")
+    video.add_argument("--concurrency", type=positive(int), default=8, metavar="N", help="requests in flight")
+
+    add_command(commands, "health", "is the server live and the model ready? (exit 0 if so, else 3)", cmd_health,
+                connect=False)
+    return top
+
+
+# --- the commands ---------------------------------------------------------------------------------
+
+
+def expand(paths: list[Path], recursive: bool) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """(files to score, (path, reason) for what a folder held that is not scored).
+
+    Files named on the command line are scored whatever their name; in folders, the files named
+    like an accepted image format (any case), and sub-folders only with --recursive.
+    """
     files: list[Path] = []
-    for given in map(Path, paths):
-        if given.is_dir():
-            found = given.rglob("*") if recursive else given.iterdir()
-            files.extend(sorted(p for p in found if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
-        else:
-            files.append(given)  # a missing file is reported as that item's failure
-    return files
+    skipped: list[tuple[Path, str]] = []
+    for given in paths:
+        if not given.is_dir():
+            files.append(given)
+            continue
+        found = sorted(given.rglob("*") if recursive else given.iterdir())
+        for path in found:
+            if path.is_dir():
+                if not recursive:
+                    skipped.append((path, "a folder: give --recursive to score what it holds"))
+            elif path.suffix.lower() in IMAGE_SUFFIXES:
+                files.append(path)
+            else:
+                skipped.append((path, f"not named like an accepted image ({path.suffix or 'no extension'})"))
+    return files, skipped
 
 
 class ProgressBar:
@@ -57,10 +236,18 @@ class ProgressBar:
             sys.stderr.write("\n")
 
 
-def write_scores(rows: list[tuple[str, object]], fmt: str, out) -> None:
+def reason(error: IQAError) -> str:
+    """An item's failure without the path its row already names."""
+    return f"bad image: {error.reason}" if isinstance(error, BadImageError) else str(error)
+
+
+def write_scores(rows: list[tuple[str, object]], fmt: str | None, out, skipped=()) -> None:
+    """Each scored or failed file once, in the chosen format; JSON also lists the skipped ones."""
     if fmt == "json":
-        json.dump([{"path": path, **outcome.to_dict()} if isinstance(outcome, Scores)
-                   else {"path": path, "error": str(outcome)} for path, outcome in rows], out, indent=2)
+        records = [{"path": path, **outcome.to_dict()} if isinstance(outcome, Scores)
+                   else {"path": path, "error": reason(outcome)} for path, outcome in rows]
+        records += [{"path": str(path), "skipped": reason} for path, reason in skipped]
+        json.dump(records, out, indent=2)
         out.write("\n")
     elif fmt == "csv":
         writer = csv.writer(out)
@@ -69,7 +256,7 @@ def write_scores(rows: list[tuple[str, object]], fmt: str, out) -> None:
             if isinstance(outcome, Scores):
                 writer.writerow([path, outcome.noise, outcome.blur, outcome.compression, ""])
             else:
-                writer.writerow([path, "", "", "", str(outcome)])
+                writer.writerow([path, "", "", "", reason(outcome)])
     else:
         width = max([len(p) for p, _ in rows] + [4])
         out.write(f"{'path':<{width}}  {'noise':>6}  {'blur':>6}  {'compression':>11}\n")
@@ -77,30 +264,37 @@ def write_scores(rows: list[tuple[str, object]], fmt: str, out) -> None:
             if isinstance(outcome, Scores):
                 out.write(f"{path:<{width}}  {outcome.noise:>6.3f}  {outcome.blur:>6.3f}  {outcome.compression:>11.3f}\n")
             else:
-                out.write(f"{path:<{width}}  failed: {outcome}\n")
+                out.write(f"{path:<{width}}  failed: {reason(outcome)}\n")
 
 
-def cmd_score(client: IQAClient, args) -> int:
-    files = expand(args.paths, args.recursive)
+def report_skipped(skipped: list[tuple[Path, str]]) -> None:
+    if skipped:
+        print(f"iqa: skipped {len(skipped)} path{'s' if len(skipped) > 1 else ''} in the folders given:",
+              file=sys.stderr)
+        for path, reason in skipped:
+            print(f"iqa:   {path}: {reason}", file=sys.stderr)
+
+
+def cmd_score(client, args) -> int:
+    files, skipped = expand(args.paths, args.recursive)
+    report_skipped(skipped)
     if not files:
-        print("iqa: no images found", file=sys.stderr)
-        return 2
+        print(f"iqa: nothing to score in {' '.join(map(str, args.paths))}", file=sys.stderr)
+        return EXIT_USAGE
     bar = ProgressBar("scoring")
     outcomes = client.score_many(files, concurrency=args.concurrency, progress=bar)
     bar.close()
     rows = [(str(path), outcome) for path, outcome in zip(files, outcomes)]
-    write_scores(rows, args.format, sys.stdout)
-    failures = [(path, outcome) for path, outcome in rows if not isinstance(outcome, Scores)]
-    for path, error in failures:
-        print(f"iqa: failed: {path}: {error}", file=sys.stderr)
-    if failures:
-        print(f"iqa: {len(failures)} of {len(rows)} failed", file=sys.stderr)
-    return 1 if failures else 0
+    write_scores(rows, args.format, sys.stdout, skipped)
+    failed = sum(not isinstance(outcome, Scores) for _, outcome in rows)
+    if failed:
+        print(f"iqa: {failed} of {len(rows)} failed (each named in the output)", file=sys.stderr)
+    return EXIT_FAILED_ITEMS if failed else EXIT_OK
 
 
-def cmd_video(client: IQAClient, args) -> int:
+def cmd_video(client, args) -> int:
     bar = ProgressBar("frames")
-    report = client.score_video(args.file, fps=args.fps, frames=None if args.fps else args.frames,
+    report = client.score_video(args.file, fps=args.fps, frames=None if args.fps is not None else args.frames,
                                 percentile=args.percentile, concurrency=args.concurrency, progress=bar)
     bar.close()
     if args.format == "json":
@@ -112,74 +306,47 @@ def cmd_video(client: IQAClient, args) -> int:
             for label, scores in (("mean", report.mean), (f"p{report.percentile:g}", report.worst)):
                 print(f"  {label:<5} noise {scores.noise:.3f}  blur {scores.blur:.3f}  "
                       f"compression {scores.compression:.3f}")
+        for frame in report.frames:
+            if frame.error:
+                print(f"  frame at {frame.time_s:.3f} s failed: {frame.error}")
     if args.plot:
         report.plot(args.plot)
         print(f"iqa: timeline written to {args.plot}", file=sys.stderr)
-    for frame in report.frames:
-        if frame.error:
-            print(f"iqa: failed: frame at {frame.time_s:.3f} s: {frame.error}", file=sys.stderr)
-    return 1 if report.frames_failed or not report.frames else 0
+    if not report.frames:
+        print(f"iqa: no frame could be read from {args.file}", file=sys.stderr)
+    elif report.frames_failed:
+        print(f"iqa: {report.frames_failed} of {len(report.frames)} frames failed (each named in the output)",
+              file=sys.stderr)
+    return EXIT_FAILED_ITEMS if report.frames_failed or not report.frames else EXIT_OK
 
 
-def cmd_health(client: IQAClient, args) -> int:
+def cmd_health(client, args) -> int:
     health = client.health()
     print(json.dumps(health.__dict__))
-    return 0 if health.live and health.ready and health.model_ready else 1
-
-
-def parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", default=DEFAULT_URL, help=f"Triton gRPC host:port (default {DEFAULT_URL}; $IQA_URL)")
-    common.add_argument("--timeout", type=float, default=30.0, help="seconds per request, retries included")
-    common.add_argument("--model", default="iqa_degradation")
-    common.add_argument("--tls", action="store_true", help="connect with TLS")
-    common.add_argument("--ca-cert", help="PEM file of root certificates for --tls")
-    common.add_argument("--header", action="append", default=[], metavar="KEY=VALUE",
-                        help="gRPC metadata sent with every call (repeatable)")
-    top = argparse.ArgumentParser(prog="iqa", description=__doc__.split("\n\n")[0])
-    commands = top.add_subparsers(dest="command", required=True)
-
-    score = commands.add_parser("score", parents=[common], help="score image files and folders")
-    score.add_argument("paths", nargs="+")
-    score.add_argument("--recursive", "-r", action="store_true", help="descend into sub-folders")
-    score.add_argument("--concurrency", type=int, default=8)
-    formats = score.add_mutually_exclusive_group()
-    formats.add_argument("--json", dest="format", action="store_const", const="json")
-    formats.add_argument("--csv", dest="format", action="store_const", const="csv")
-
-    video = commands.add_parser("video", parents=[common], help="score frames sampled from a video")
-    video.add_argument("file")
-    sampling = video.add_mutually_exclusive_group()
-    sampling.add_argument("--fps", type=float, help="frames per second to sample")
-    sampling.add_argument("--frames", type=int, default=32, help="frames sampled uniformly (default 32)")
-    video.add_argument("--percentile", type=float, default=95.0, help="worst-case percentile reported")
-    video.add_argument("--plot", help="write a PNG timeline of the scores here")
-    video.add_argument("--json", dest="format", action="store_const", const="json")
-    video.add_argument("--concurrency", type=int, default=8)
-
-    commands.add_parser("health", parents=[common], help="is the server live and the model ready?")
-    return top
+    return EXIT_OK if health.live and health.ready and health.model_ready else EXIT_SERVER
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    headers = {}
-    for item in args.header:
-        key, sep, value = item.partition("=")
-        if not sep:
-            print(f"iqa: --header wants KEY=VALUE, got {item!r}", file=sys.stderr)
-            return 2
-        headers[key] = value
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as stop:  # argparse: --help (0) or a usage error it has printed (2)
+        return stop.code if isinstance(stop.code, int) else EXIT_USAGE
+    try:
+        require_all(args.extras(args), f"iqa {args.command}")
+    except MissingExtraError as err:
+        print(f"iqa: {err}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         with IQAClient(args.url, model=args.model, timeout=args.timeout, ssl=args.tls,
-                       root_certificates=args.ca_cert, headers=headers, connect=args.command != "health") as client:
-            return {"score": cmd_score, "video": cmd_video, "health": cmd_health}[args.command](client, args)
-    except IQAError as err:
+                       root_certificates=str(args.ca_cert) if args.ca_cert else None, headers=dict(args.header),
+                       connect=args.connect) as client:
+            return args.run(client, args)
+    except SERVER_ERRORS as err:
         print(f"iqa: {err}", file=sys.stderr)
-        return 2
-    except (OSError, ValueError) as err:  # e.g. a video that cannot be opened
+        return EXIT_SERVER
+    except IQAError as err:  # the input as a whole cannot be read (a file that is no video)
         print(f"iqa: {err}", file=sys.stderr)
-        return 2
+        return EXIT_FAILED_ITEMS
 
 
 if __name__ == "__main__":

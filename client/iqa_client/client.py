@@ -29,6 +29,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
+from iqa_client.channel import ChannelOptions, channel_arguments
 from iqa_client.contract import ENSEMBLE_MODEL, IMAGE_INPUT, OVERLOAD_MESSAGES, SCORE_NAMES
 from iqa_client.errors import (
     BadImageError,
@@ -73,31 +74,6 @@ class Health:
     model_ready: bool
     server_version: str
     model: str
-
-
-ChannelOptions = Iterable[tuple[str, object]]
-
-
-def channel_arguments(options: ChannelOptions | None) -> list[tuple[str, object]]:
-    """gRPC channel arguments: tritonclient's own defaults, then `options` (a key given there wins).
-
-    tritonclient replaces all of its defaults (unlimited message sizes, keepalive) as soon as it is
-    given any channel argument; this keeps them and adds the caller's, e.g. client-side load
-    balancing over every replica behind a headless Kubernetes Service (docker/README.md):
-    url "dns:///iqa-triton-grpc.iqa.svc:8001", options [("grpc.lb_policy_name", "round_robin")].
-    Names and values: https://grpc.github.io/grpc/core/group__grpc__arg__keys.html
-    """
-    keepalive = grpcclient.KeepAliveOptions()
-    merged = {
-        "grpc.max_send_message_length": grpcclient.MAX_GRPC_MESSAGE_SIZE,
-        "grpc.max_receive_message_length": grpcclient.MAX_GRPC_MESSAGE_SIZE,
-        "grpc.keepalive_time_ms": keepalive.keepalive_time_ms,
-        "grpc.keepalive_timeout_ms": keepalive.keepalive_timeout_ms,
-        "grpc.keepalive_permit_without_calls": keepalive.keepalive_permit_without_calls,
-        "grpc.http2.max_pings_without_data": keepalive.http2_max_pings_without_data,
-    }
-    merged.update(dict(options or ()))
-    return list(merged.items())
 
 
 # --- what both clients share: request, response, errors ------------------------------------

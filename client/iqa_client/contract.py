@@ -7,6 +7,16 @@ Defined here, in the lightest package, and re-exported by the server side
 ENSEMBLE_MODEL = "iqa_degradation"
 IMAGE_INPUT = "IMAGE"  # BYTES, dims [1]: one encoded image per batch row
 
+# The encoded formats the server decodes, as Pillow names them: HEIF covers the HEIC files iPhones
+# save (decoded with pillow-heif), AVIF what browsers and the web serve. Anything else is refused
+# with a message that lists these. Animations and page sets (GIF, APNG, WebP, TIFF, AVIF): the first
+# frame; a HEIF collection: its primary image.
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "HEIF", "AVIF")
+# File name endings of those formats (any case): what `iqa score FOLDER` and the load test take from a
+# folder. Files named one by one are sent whatever their name: the server decides by their content.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".webp", ".bmp", ".tif", ".tiff", ".gif",
+                  ".heic", ".heics", ".heif", ".heifs", ".hif", ".avif", ".avifs")
+
 # Output names, in the seed ModelScope pipeline's order.
 SCORE_NAMES = ("NOISE", "BLUR", "COMPRESSION")
 MODELSCOPE_LABELS = ("噪声强度", "模糊程度", "压缩强度")

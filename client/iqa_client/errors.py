@@ -35,3 +35,8 @@ class IQATimeoutError(IQAError, TimeoutError):
 
 class ServerError(IQAError):
     """Any other failure the server reported (after retries where the status is transient)."""
+
+
+class MissingExtraError(IQAError, ImportError):
+    """An optional dependency of the client (one of its extras: `video`, `images`) is not installed; the
+    message names the `pip install` that adds it. Raised before any work starts."""

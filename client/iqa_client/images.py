@@ -1,12 +1,14 @@
 """Whatever the caller holds -> the encoded bytes that travel to the server.
 
-Files and bytes travel as they are: the server must see the very compression it scores.
+Files and bytes travel as they are: the server must see the very compression it scores, and it
+reads every accepted format itself (contract.ACCEPTED_FORMATS: HEIC and AVIF included).
 Pixels (numpy arrays, PIL images, video frames) travel as PNG, which is lossless: the client
 never adds compression artefacts of its own to what it measures.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import zlib
@@ -27,7 +29,7 @@ def to_bytes(image: ImageLike) -> bytes:
     if isinstance(image, np.ndarray):
         return png_from_array(image)
     if hasattr(image, "mode") and hasattr(image, "save"):  # PIL.Image.Image, without importing Pillow
-        return png_from_array(np.asarray(image.convert("RGB")))
+        return png_from_pil(image)
     raise TypeError(f"cannot score a {type(image).__name__}: pass a path, bytes, a PIL image or an HxWx3 uint8 array")
 
 
@@ -64,6 +66,34 @@ def png_from_array(pixels: np.ndarray, level: int = 1) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(raw.tobytes(), level))
             + _chunk(b"IEND", b""))
+
+
+# Modes a PNG holds as they are. The server maps them to RGB as it does any file (alpha over white,
+# palette, grey, 16-bit), so a PIL image scores like the file it was opened from.
+_PNG_MODES = {"1", "L", "LA", "P", "RGB", "RGBA", "I;16"}
+_ORIENTATION = 0x0112  # EXIF tag
+
+
+def png_from_pil(image) -> bytes:
+    """A PIL image (e.g. opened from a HEIC with pillow-heif) -> PNG bytes, losslessly.
+
+    Keeps its mode where PNG can (transparency included), else RGB or RGBA, and its EXIF orientation,
+    which the server applies. Needs Pillow, which the caller has: it holds a PIL image.
+    """
+    from PIL import Image
+
+    orientation = image.getexif().get(_ORIENTATION, 1)
+    if image.mode not in _PNG_MODES:
+        transparent = "A" in image.getbands() or "transparency" in image.info
+        image = image.convert("RGBA" if transparent else "RGB")
+    params = {}
+    if orientation != 1:
+        exif = Image.Exif()
+        exif[_ORIENTATION] = orientation
+        params["exif"] = exif.tobytes()
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1, **params)
+    return buffer.getvalue()
 
 
 def _chunk(tag: bytes, data: bytes) -> bytes:

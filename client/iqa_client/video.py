@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from iqa_client.errors import IQAError
+from iqa_client.extras import require
 from iqa_client.result import Scores
 
 _FIELDS = ("noise", "blur", "compression")
@@ -29,7 +30,7 @@ class FrameSampler:
     """
 
     def __init__(self, path: str | os.PathLike, *, fps: float | None = None, frames: int | None = None) -> None:
-        import av  # optional dependency: pip install 'iqa-client[video]'
+        av = require("av", "reading a video")
 
         if (fps is None) == (frames is None):
             raise ValueError("give exactly one of fps= or frames=")
@@ -57,8 +58,7 @@ class FrameSampler:
             self.count = int(duration * fps) + 1 if duration else None
 
     def __iter__(self) -> Iterator[tuple[float, np.ndarray]]:
-        import av
-
+        av = require("av", "reading a video")
         targets = iter(self.targets) if self.targets is not None else (i / self.fps for i in itertools.count())
         target = next(targets)
         slack = self.frame_interval_s / 2  # take the frame nearest to each target time
@@ -117,9 +117,9 @@ class VideoReport:
         return json.dumps(self.to_dict(), ensure_ascii=False, **kwargs)
 
     def plot(self, output: str | os.PathLike) -> None:
-        """A PNG timeline of the three scores over time (needs matplotlib)."""
-        import matplotlib
-
+        """A PNG timeline of the three scores over time. Needs matplotlib (the `video` extra), else
+        MissingExtraError."""
+        matplotlib = require("matplotlib", "VideoReport.plot")
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 

@@ -8,8 +8,8 @@ every later request to that model fails with "Stub process '<model>_0_0' is not 
 - a real inference of a small built-in image through the public ensemble, every `probe_interval_s`.
 
 A dead or unhealthy stub is recovered by unloading and loading its model (the server runs in
-explicit model-control mode; the model-repository API is restricted to a secret header that only
-the watchdog knows, see `AdminAccess`). It serves the verdict over HTTP on the health port:
+explicit model-control mode; the model-repository API is restricted to a secret header that the
+watchdog sends and clients never get, see `AdminAccess`). It serves the verdict over HTTP on the health port:
 
     GET /ready  200 while the last probe scored the image and every stub is alive; else 503
     GET /live   503 once the service has been not ready for `give_up_after_s` (recovery failed):
@@ -64,6 +64,9 @@ RESTRICTED_GRPC = RESTRICTED_HTTP
 @dataclass(frozen=True)
 class AdminAccess:
     """The secret header that unlocks Triton's model-repository API (load / unload).
+
+    The secret reaches tritonserver on its command line (server_flags), so whoever can list the
+    machine's (or container's) processes can read it; it is never sent to a client or logged.
 
     tritonserver checks `--http-restricted-api=<apis>:<key>=<value>` against the HTTP header <key>,
     and `--grpc-restricted-protocol=<apis>:<key>=<value>` against the gRPC metadata
