@@ -43,3 +43,10 @@ PATCH_DTYPE = "uint8"  # values 0..255; the network scales them to [0, 1] itself
 MAX_IMAGE_BYTES = 32 * 1024 * 1024  # encoded size
 MAX_IMAGE_PIXELS = 64_000_000  # decoded width * height (decompression bombs)
 MIN_IMAGE_SIDE = 32  # below this there is no texture to judge
+
+# --- decode memory ------------------------------------------------------------------
+# Decoded pixels in flight at once in one iqa_preprocess instance (iqa/decode_budget.py): one
+# picture of the largest size, or many smaller ones; a decode that does not fit waits, never fails.
+# A full decode holds ~11 bytes a pixel at its peak (Pillow's 4-byte RGBX image, its RGB copy and
+# the numpy array), so one instance's decoded pixels stay under ~0.7 GiB (tests/test_decode_budget.py).
+DECODE_PIXEL_BUDGET = MAX_IMAGE_PIXELS

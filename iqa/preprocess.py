@@ -13,6 +13,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from iqa import jpeg_regions
 from iqa.contract import (
     MAX_IMAGE_BYTES,
     MAX_IMAGE_PIXELS,
@@ -21,6 +22,7 @@ from iqa.contract import (
     PATCH_SHAPE,
     PATCH_SIZE,
 )
+from iqa.decode_budget import DECODE_BUDGET
 
 # Formats the service promises (DESIGN.md). Restricting Pillow's format probing
 # keeps rarely used, less hardened decoders away from network input. "JPEG" also
@@ -59,9 +61,11 @@ def decode(data: bytes) -> np.ndarray:
                     f"of {MAX_IMAGE_PIXELS} (decompression bomb guard)"
                 )
             image.seek(0)  # first frame of GIF / WebP / TIFF animations and page sets
-            image.load()
-            image = ImageOps.exif_transpose(image)
-            return _to_rgb(image)
+            with DECODE_BUDGET.hold(width * height):  # waits while other threads hold many pixels
+                image.load()
+                rgb = _to_rgb(ImageOps.exif_transpose(image))
+                image.close()  # Pillow's copies go before the budget is released; the array stays
+            return rgb
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -119,14 +123,17 @@ def sample_patches(rgb: np.ndarray) -> np.ndarray:
             mode="symmetric",
         )
         height, width = rgb.shape[:2]
-    rows, cols = PATCH_GRID
     patches = np.empty(PATCH_SHAPE, dtype=np.uint8)
-    for index in range(rows * cols):
-        row, col = divmod(index, cols)
-        top = _cell_origin(row, rows, height)
-        left = _cell_origin(col, cols, width)
+    for index, (top, left) in enumerate(patch_origins(height, width)):
         patches[index] = rgb[top : top + PATCH_SIZE, left : left + PATCH_SIZE].transpose(2, 0, 1)
     return patches
+
+
+def patch_origins(height: int, width: int) -> list[tuple[int, int]]:
+    """(top, left) of each patch in a picture of at least PATCH_SIZE on both sides, row by row."""
+    rows, cols = PATCH_GRID
+    return [(_cell_origin(row, rows, height), _cell_origin(col, cols, width))
+            for row in range(rows) for col in range(cols)]
 
 
 def _cell_origin(cell: int, cells: int, extent: int) -> int:
@@ -135,5 +142,10 @@ def _cell_origin(cell: int, cells: int, extent: int) -> int:
 
 
 def preprocess(data: bytes) -> np.ndarray:
-    """Encoded image bytes -> the network's input for one image, uint8 [K, 3, P, P]."""
-    return sample_patches(decode(data))
+    """Encoded image bytes -> the network's input for one image, uint8 [K, 3, P, P].
+
+    Large JPEGs decode only the bands around their patches (iqa.jpeg_regions; identical patches);
+    everything else, and every error, goes through decode() and sample_patches().
+    """
+    patches = jpeg_regions.sample_patches(data, patch_origins)
+    return patches if patches is not None else sample_patches(decode(data))
