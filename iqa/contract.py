@@ -47,6 +47,7 @@ MIN_IMAGE_SIDE = 32  # below this there is no texture to judge
 # --- decode memory ------------------------------------------------------------------
 # Decoded pixels in flight at once in one iqa_preprocess instance (iqa/decode_budget.py): one
 # picture of the largest size, or many smaller ones; a decode that does not fit waits, never fails.
-# A full decode holds ~11 bytes a pixel at its peak (Pillow's 4-byte RGBX image, its RGB copy and
-# the numpy array), so one instance's decoded pixels stay under ~0.7 GiB (tests/test_decode_budget.py).
+# A full decode holds ~14 bytes a pixel at its peak for RGB (Pillow's 4-byte image, its RGB copy,
+# the numpy array and the bytes it is built from; ~22 for RGBA, composited over white), so an
+# instance's decoding stays near 0.9-1.4 GiB (tests/test_decode_budget.py measures its stub).
 DECODE_PIXEL_BUDGET = MAX_IMAGE_PIXELS

@@ -63,8 +63,9 @@ def decode(data: bytes) -> np.ndarray:
             image.seek(0)  # first frame of GIF / WebP / TIFF animations and page sets
             with DECODE_BUDGET.hold(width * height):  # waits while other threads hold many pixels
                 image.load()
-                rgb = _to_rgb(ImageOps.exif_transpose(image))
-                image.close()  # Pillow's copies go before the budget is released; the array stays
+                ImageOps.exif_transpose(image, in_place=True)  # not a copy of the whole picture
+                rgb = _to_rgb(image)
+                image.close()  # Pillow's pixels go before the budget is released; the array stays
             return rgb
     except ImageError:
         raise
