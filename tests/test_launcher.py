@@ -1,5 +1,6 @@
 """The local launcher's own decisions, checked without starting a server."""
 
+import re
 import socket
 import subprocess
 import sys
@@ -50,6 +51,24 @@ def test_with_libtorch_and_a_gpu_the_repository_is_served_as_committed(tmp_path)
         assert served == (launcher.DEFAULT_REPOSITORY / model / "config.pbtxt").read_text()
     assert changes == []
     assert not (repository / "iqa_resnet50" / "1" / "model.py").exists()
+
+
+def test_without_a_gpu_the_queues_fit_the_cpu_and_refuse_with_the_same_words(tmp_path):
+    repository, changes = launcher.prepare_repository(launcher.DEFAULT_REPOSITORY, tmp_path, libtorch=False, gpus=0)
+    for model in (launcher.PREPROCESS_MODEL, launcher.NETWORK_MODEL):
+        served = (repository / model / "config.pbtxt").read_text()
+        assert re.search(rf"max_queue_size: {launcher.CPU_QUEUE_SIZE}\n", served), model
+        assert re.search(rf"default_timeout_microseconds: {launcher.CPU_QUEUE_TIMEOUT_US}\n", served), model
+        assert "timeout_action: REJECT" in served  # refusals stay UNAVAILABLE (tests/test_overload.py)
+        assert any(c.startswith(f"{model}: no GPU on this machine, queue policy") for c in changes)
+
+
+def test_the_cpu_queue_policy_touches_only_the_queue_policy():
+    config = ("dynamic_batching {\n  max_queue_delay_microseconds: 500\n  default_queue_policy {\n"
+              "    max_queue_size: 1024\n    default_timeout_microseconds: 2000000\n    timeout_action: REJECT\n  }\n}\n")
+    assert launcher.cpu_queue_policy(config) == config.replace("1024", str(launcher.CPU_QUEUE_SIZE)).replace(
+        "2000000", str(launcher.CPU_QUEUE_TIMEOUT_US))
+    assert launcher.cpu_queue_policy('name: "x"\nmax_batch_size: 8\n') == 'name: "x"\nmax_batch_size: 8\n'
 
 
 def test_a_repository_without_model_pt_asks_for_the_export(tmp_path):

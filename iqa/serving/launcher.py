@@ -190,12 +190,35 @@ def prepare_repository(source: Path, run_dir: Path, *, libtorch: bool, gpus: int
             if single != config:
                 config = single
                 changes.append(f"{model}: no GPU on this machine, one preprocessing instance")
+        if gpus == 0 and (fitted := cpu_queue_policy(config)) != config:
+            config = fitted
+            changes.append(f"{model}: no GPU on this machine, queue policy {CPU_QUEUE_SIZE} requests / "
+                           f"{CPU_QUEUE_TIMEOUT_US / 1e6:g} s")
         if edit is not None and (edited := edit(model, config)) != config:
             config = edited
             changes.append(f"{model}: config edited for this run")
         config_path.unlink()
         config_path.write_text(config)
     return target, changes
+
+
+# The queue policy for a machine without a GPU (BENCHMARKS.md "Queue policy"). There the network
+# serves ~12 img/s (two cores): a wait bound of 5 s holds 12 x 5 = 60 requests, rounded to 64. The
+# committed configs carry the GPU policy (1024 requests, 2 s), under which a CPU would let requests
+# wait ~85 s before refusing any.
+CPU_QUEUE_SIZE = 64
+CPU_QUEUE_TIMEOUT_US = 5_000_000
+
+
+def cpu_queue_policy(config: str) -> str:
+    """A model config with its default_queue_policy set to the CPU's size and wait bound.
+
+    Only `max_queue_size` and `default_timeout_microseconds` change; a config without a queue
+    policy is returned as it is. Refusals keep their wording (iqa_client.contract.OVERLOAD_MESSAGES).
+    """
+    config = re.sub(r"(default_queue_policy\s*\{[^}]*?max_queue_size:\s*)\d+", rf"\g<1>{CPU_QUEUE_SIZE}", config)
+    return re.sub(r"(default_queue_policy\s*\{[^}]*?default_timeout_microseconds:\s*)\d+",
+                  rf"\g<1>{CPU_QUEUE_TIMEOUT_US}", config)
 
 
 def _link(src: str, dst: str) -> None:
