@@ -25,6 +25,7 @@ a crop never reads the rows below its last band, so a file cut short there would
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -47,15 +48,11 @@ MARGIN = 16
 # cover most rows anyway and a full decode is as fast (BENCHMARKS.md, `python -m loadtest.decode_bench`).
 MAX_REGION_SHARE = 0.5
 
-# Orientation tag -> Pillow transpose, as ImageOps.exif_transpose maps them.
-_TRANSPOSE = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
+# Orientation tag -> (counter-clockwise quarter turns, then mirror axis or "transpose"): the array
+# form of the Pillow transpose ImageOps.exif_transpose applies (2 FLIP_LEFT_RIGHT, 3 ROTATE_180,
+# 4 FLIP_TOP_BOTTOM, 5 TRANSPOSE, 6 ROTATE_270, 7 TRANSVERSE, 8 ROTATE_90).
+_TURNS: dict[int, tuple[int, int | str | None]] = {
+    1: (0, None), 2: (0, 1), 3: (2, None), 4: (0, 0), 5: (0, "transpose"), 6: (3, None), 7: (2, "transpose"), 8: (1, None),
 }
 # Orientation -> where the upright pixel (x, y) lies in the stored W x H picture.
 _STORED_XY: dict[int, Callable[[int, int, int, int], tuple[int, int]]] = {
@@ -147,39 +144,51 @@ def _entropy_markers(data: bytes, start: int) -> np.ndarray:
     return ff[ends] + start
 
 
-def sample_patches(data: bytes, patch_origins: Callable[[int, int], list[tuple[int, int]]]) -> np.ndarray | None:
-    """Encoded JPEG bytes -> patches uint8 PATCH_SHAPE, decoding only the regions around them.
+@dataclass(frozen=True)
+class Plan:
+    """Where a JPEG's patches lie in its stored pixels, and which regions to decode for them."""
+
+    frame: Frame
+    boxes: list[tuple[int, int]]  # (top, left) of each patch in the stored picture, in patch order
+    regions: list[tuple[int, int, int, int]]  # (top, left, bottom, right) to decode
+    orientation: int  # EXIF orientation as ImageOps.exif_transpose reads it (1 = as stored)
+
+    @property
+    def pixels(self) -> int:
+        """Decoded pixels this plan holds at once (budget): a progressive frame keeps every
+        coefficient (~2-3 bytes a pixel), so it is charged whole."""
+        if self.frame.progressive:
+            return self.frame.width * self.frame.height
+        return sum((bottom - top) * (right - left) for top, left, bottom, right in self.regions)
+
+
+def plan(data: bytes, patch_origins: Callable[[int, int], list[tuple[int, int]]]) -> Plan | None:
+    """The regions around a JPEG's patches, or None when this JPEG must take the full decode.
 
     `patch_origins(height, width)` gives the (top, left) of each patch in the upright picture
-    (iqa.preprocess.patch_origins). Returns None when this JPEG must take the full decode; never
-    raises for bad input (the full decode names the problem).
+    (iqa.preprocess.patch_origins). Never raises for bad input: the full decode names the problem.
     """
-    if not 0 < len(data) <= MAX_IMAGE_BYTES or data[:2] != b"\xff\xd8" or not available():
+    if not 0 < len(data) <= MAX_IMAGE_BYTES or data[:2] != b"\xff\xd8":
         return None
     frame = read_frame(data)
     if frame is None or frame.width * frame.height > MAX_IMAGE_PIXELS:
         return None
     try:
-        return _sample(data, frame, patch_origins)
+        header = Image.open(io.BytesIO(data), formats=("JPEG",))
+        if header.size != (frame.width, frame.height) or header.mode not in ("RGB", "L", "CMYK"):
+            return None
+        orientation = header.getexif().get(0x0112, 1)  # what ImageOps.exif_transpose reads
     except Exception as err:  # the full decode gives the verdict and the message
-        log.debug("region decode fell back to a full decode: %s: %s", type(err).__name__, err)
+        log.debug("region plan fell back to a full decode: %s: %s", type(err).__name__, err)
         return None
-
-
-def _sample(data: bytes, frame: Frame, patch_origins) -> np.ndarray | None:
-    header = Image.open(io.BytesIO(data), formats=("JPEG",))
-    if header.size != (frame.width, frame.height) or header.mode not in ("RGB", "L", "CMYK"):
-        return None
-    orientation = header.getexif().get(0x0112, 1)  # what ImageOps.exif_transpose reads
-    turn = _TRANSPOSE.get(orientation)
+    if orientation not in _TURNS:
+        orientation = 1  # exif_transpose leaves other values alone
     width, height = frame.width, frame.height
-    upright_w, upright_h = (height, width) if turn in (
-        Image.Transpose.TRANSPOSE, Image.Transpose.ROTATE_270, Image.Transpose.TRANSVERSE, Image.Transpose.ROTATE_90
-    ) else (width, height)
+    upright_w, upright_h = (height, width) if orientation >= 5 else (width, height)
     if min(upright_w, upright_h) < PATCH_SIZE:
         return None  # mirrored out to the patch size by sample_patches: not worth a crop
-    stored_xy = _STORED_XY[orientation if turn is not None else 1]
-    boxes = []  # (top, left) of each patch in the stored picture
+    stored_xy = _STORED_XY[orientation]
+    boxes = []
     for top, left in patch_origins(upright_h, upright_w):
         corners = [stored_xy(x, y, width, height) for x, y in
                    ((left, top), (left + PATCH_SIZE - 1, top + PATCH_SIZE - 1))]
@@ -188,21 +197,51 @@ def _sample(data: bytes, frame: Frame, patch_origins) -> np.ndarray | None:
     area = sum((bottom - top) * (right - left) for top, left, bottom, right in regions)
     if area > MAX_REGION_SHARE * width * height:
         return None
-    # A progressive frame keeps all its coefficients in memory (~2-3 bytes a pixel): charge it whole.
-    with DECODE_BUDGET.hold(width * height if frame.progressive else area):
-        pixels = _decode_regions(data, frame, regions)
-        if pixels is None:
-            return None
-        patches = np.empty(PATCH_SHAPE, dtype=np.uint8)
-        for index, (top, left) in enumerate(boxes):
-            which = next(i for i, r in enumerate(regions) if r[0] <= top and top + PATCH_SIZE <= r[2]
-                         and r[1] <= left and left + PATCH_SIZE <= r[3])
-            r_top, r_left = regions[which][:2]
-            block = pixels[which][top - r_top : top - r_top + PATCH_SIZE, left - r_left : left - r_left + PATCH_SIZE]
-            if turn is not None:
-                block = np.asarray(Image.fromarray(block).transpose(turn))
-            patches[index] = block.transpose(2, 0, 1)
-        return patches
+    return Plan(frame, boxes, regions, orientation)
+
+
+def cut(plan: Plan, pixels: list, xp=np):
+    """The patches [K, 3, P, P] from the decoded regions ([h, w, 3] each, in plan.regions order).
+
+    `xp` is the array library of `pixels`: numpy on the CPU, torch for tensors on a GPU; the
+    orientation is applied with flips and quarter turns both have, as exif_transpose would.
+    """
+    blocks = []
+    for top, left in plan.boxes:
+        which = next(i for i, (r_top, r_left, r_bottom, r_right) in enumerate(plan.regions)
+                     if r_top <= top and top + PATCH_SIZE <= r_bottom and r_left <= left and left + PATCH_SIZE <= r_right)
+        r_top, r_left = plan.regions[which][:2]
+        block = pixels[which][top - r_top : top - r_top + PATCH_SIZE, left - r_left : left - r_left + PATCH_SIZE]
+        blocks.append(_turn(block, plan.orientation, xp))
+    stacked = xp.stack(blocks)  # [K, P, P, 3]
+    return stacked.permute(0, 3, 1, 2).contiguous() if xp is not np else np.ascontiguousarray(stacked.transpose(0, 3, 1, 2))
+
+
+def _turn(block, orientation: int, xp):
+    """Pillow's transpose for `orientation` (ImageOps.exif_transpose) on an [h, w, c] array."""
+    quarter_turns, mirror = _TURNS[orientation]
+    if xp is np:
+        block = np.rot90(block, quarter_turns) if quarter_turns else block
+        return block.swapaxes(0, 1) if mirror == "transpose" else np.flip(block, mirror) if mirror is not None else block
+    block = xp.rot90(block, quarter_turns, dims=(0, 1)) if quarter_turns else block
+    return block.transpose(0, 1) if mirror == "transpose" else xp.flip(block, dims=(mirror,)) if mirror is not None else block
+
+
+def sample_patches(data: bytes, patch_origins: Callable[[int, int], list[tuple[int, int]]]) -> np.ndarray | None:
+    """Encoded JPEG bytes -> patches uint8 PATCH_SHAPE, decoding only the regions around them (CPU).
+
+    Returns None when this JPEG must take the full decode (see plan()); never raises for bad input.
+    """
+    found = plan(data, patch_origins)
+    if found is None or not available():
+        return None
+    try:
+        with DECODE_BUDGET.hold(found.pixels):
+            pixels = _decode_regions(data, found)
+            return None if pixels is None else cut(found, pixels)
+    except Exception as err:  # the full decode gives the verdict and the message
+        log.debug("region decode fell back to a full decode: %s: %s", type(err).__name__, err)
+        return None
 
 
 def _regions(boxes, width: int, height: int, progressive: bool) -> list[tuple[int, int, int, int]]:
@@ -235,25 +274,32 @@ def available() -> bool:
     return _decoder() is not None
 
 
-def _decode_regions(data: bytes, frame: Frame, regions) -> list[np.ndarray] | None:
+def region_streams(data: bytes, found: Plan) -> list | None:
+    """nvImageCodec code streams of `found`'s regions (for a decoder on any backend), or None."""
     from nvidia import nvimgcodec
 
-    decoder, params = _decoder()
     stream = nvimgcodec.CodeStream(data)
-    if (stream.width, stream.height) != (frame.width, frame.height):
+    if (stream.width, stream.height) != (found.frame.width, found.frame.height):
         return None
-    subs = [stream.get_sub_code_stream(region=nvimgcodec.Region(start=(top, left), end=(bottom, right)))
-            for top, left, bottom, right in regions]
-    images = decoder.decode(subs, params=params)
-    pixels = []
-    for image, (top, left, bottom, right) in zip(images, regions):
-        if image is None:
-            return None
-        array = np.asarray(image)
-        if array.shape != (bottom - top, right - left, CHANNELS) or array.dtype != np.uint8:
-            return None
-        pixels.append(array)
-    return pixels
+    return [stream.get_sub_code_stream(region=nvimgcodec.Region(start=(top, left), end=(bottom, right)))
+            for top, left, bottom, right in found.regions]
+
+
+def decoded_as_expected(image, region: tuple[int, int, int, int]) -> bool:
+    top, left, bottom, right = region
+    return image is not None and tuple(image.shape) == (bottom - top, right - left, CHANNELS) and \
+        str(image.dtype).endswith("uint8")
+
+
+def _decode_regions(data: bytes, found: Plan) -> list[np.ndarray] | None:
+    decoder, params = _decoder()
+    streams = region_streams(data, found)
+    if streams is None:
+        return None
+    images = decoder.decode(streams, params=params)
+    if not all(decoded_as_expected(image, region) for image, region in zip(images, found.regions)):
+        return None
+    return [np.asarray(image) for image in images]
 
 
 def _decoder():
@@ -268,20 +314,8 @@ def _new_decoder():
     with _status_lock:
         if _status.get("broken"):
             return None
-        # Its own log lines would land in the server's log on every machine without a GPU ("failed to
-        # load nvJPEG"): keep them at its error level and below.
-        os.environ.setdefault("PYNVIMGCODEC_VERBOSITY", "0")
         try:
-            with _stderr_to_debug_log():
-                from nvidia import nvimgcodec
-
-                decoder = nvimgcodec.Decoder(
-                    device_id=nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY,
-                    max_num_cpu_threads=1,  # the caller's threads are the parallelism
-                    backends=[nvimgcodec.Backend(nvimgcodec.BackendKind.CPU_ONLY)],
-                )
-                params = nvimgcodec.DecodeParams(apply_exif_orientation=False, color_spec=nvimgcodec.ColorSpec.SRGB,
-                                                 allow_any_depth=False)
+            made = _make_decoder(None)
         except Exception as err:  # noqa: BLE001 - any failure here means: decode whole pictures
             _status["broken"] = True
             log.warning("JPEG region decode unavailable (%s: %s): every JPEG is decoded whole", type(err).__name__, err)
@@ -289,7 +323,37 @@ def _new_decoder():
         if not _status.get("announced"):
             _status["announced"] = True
             log.info("JPEG region decode: nvImageCodec CPU backend (libjpeg-turbo)")
-        return decoder, params
+        return made
+
+
+def batch_decoder(device):
+    """(decoder, params) decoding on `device` (a torch.device): nvJPEG on a GPU, with nvImageCodec's
+    hybrid and CPU backends for what the GPU refuses; libjpeg-turbo alone on "cpu". Raises if the
+    device's decoders cannot be loaded."""
+    return _make_decoder((device.index or 0) if device.type == "cuda" else None)
+
+
+def _make_decoder(gpu: int | None):
+    """An nvImageCodec decoder on GPU `gpu`, or on the CPU (one thread: the callers' threads are the
+    parallelism) when None; and the parameters that keep libjpeg's colour handling."""
+    # Without a GPU its extension loader complains ("failed to load nvJPEG") on every machine that
+    # never wanted one: its log stays at error level and below, the loader's prints go to debug.
+    # A GPU decoder is made in the open: there a missing nvJPEG is news.
+    os.environ.setdefault("PYNVIMGCODEC_VERBOSITY", "0")
+    with _stderr_to_debug_log() if gpu is None else contextlib.nullcontext():
+        from nvidia import nvimgcodec
+
+        kinds = nvimgcodec.BackendKind
+        if gpu is None:
+            decoder = nvimgcodec.Decoder(device_id=nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY, max_num_cpu_threads=1,
+                                         backends=[nvimgcodec.Backend(kinds.CPU_ONLY)])
+        else:
+            decoder = nvimgcodec.Decoder(device_id=gpu, backends=[
+                nvimgcodec.Backend(kinds.GPU_ONLY), nvimgcodec.Backend(kinds.HYBRID_CPU_GPU),
+                nvimgcodec.Backend(kinds.CPU_ONLY)])
+        params = nvimgcodec.DecodeParams(apply_exif_orientation=False, color_spec=nvimgcodec.ColorSpec.SRGB,
+                                         allow_any_depth=False)
+    return decoder, params
 
 
 class _stderr_to_debug_log:

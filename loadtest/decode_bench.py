@@ -33,10 +33,11 @@ PHOTO = REPO / "tests" / "data" / "sheep.jpg"
 SIZES = ("512x384", "1920x1080", "4000x3000", "8000x6000")
 
 
-def camera_like_jpeg(width: int, height: int, progressive: bool = False, quality: int = 90) -> bytes:
+def camera_like_jpeg(width: int, height: int, progressive: bool = False, quality: int = 90,
+                     photo=PHOTO, seed: int = 0) -> bytes:
     """A photo scaled to width x height with sensor-like grain, encoded as JPEG (4:2:0)."""
-    rgb = np.asarray(Image.open(PHOTO).convert("RGB").resize((width, height), Image.Resampling.BICUBIC), np.int16)
-    grain = np.random.default_rng(0).normal(0, 3, rgb.shape).astype(np.int16)
+    rgb = np.asarray(Image.open(photo).convert("RGB").resize((width, height), Image.Resampling.BICUBIC), np.int16)
+    grain = np.random.default_rng(seed).normal(0, 3, rgb.shape).astype(np.int16)
     buffer = io.BytesIO()
     Image.fromarray(np.clip(rgb + grain, 0, 255).astype(np.uint8)).save(
         buffer, "JPEG", quality=quality, progressive=progressive)
