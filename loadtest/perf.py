@@ -59,11 +59,16 @@ def input_data(images: list[bytes]) -> dict:
                      for image in images]}
 
 
-def perf_analyzer_command(binary: str, url: str, data_json: Path, concurrency: int, window_ms: int,
-                          csv_path: Path) -> list[str]:
+def perf_analyzer_command(binary: str, url: str, data_json: Path, concurrency: int, csv_path: Path,
+                          window_ms: int = 5000, stability_percentage: float = 10, request_count: int = 0) -> list[str]:
+    """Closed loop at `concurrency`; windows of `window_ms`, or of `request_count` requests when given
+    (a slow CPU server answers too few requests in a time window to settle)."""
+    windows = (["--measurement-mode", "count_windows", "--measurement-request-count", str(request_count)]
+               if request_count else ["--measurement-interval", str(window_ms)])
     return [binary, "-m", ENSEMBLE_MODEL, "-i", "grpc", "-u", url, "--input-data", str(data_json),
-            "--concurrency-range", f"{concurrency}:{concurrency}", "--measurement-interval", str(window_ms),
-            "--percentile", "99", "--max-trials", "6", "-f", str(csv_path)]
+            "--concurrency-range", f"{concurrency}:{concurrency}", *windows,
+            "--stability-percentage", f"{stability_percentage:g}", "--percentile", "99", "--max-trials", "6",
+            "-f", str(csv_path)]
 
 
 def read_report(csv_path: Path) -> dict[str, float]:
@@ -85,13 +90,12 @@ def _number(text: str) -> bool:
     return True
 
 
-def run_perf_analyzer(binary: str, url: str, images: list[bytes], concurrency: int, window_ms: int,
-                      work: Path) -> dict:
+def run_perf_analyzer(binary: str, url: str, images: list[bytes], concurrency: int, work: Path, **windows) -> dict:
     """One closed-loop perf_analyzer measurement; {'error': ...} if it failed requests or did not settle."""
     data_json, csv_path = work / "input.json", work / f"c{concurrency}.csv"
     data_json.write_text(json.dumps(input_data(images)))
-    command = perf_analyzer_command(binary, url, data_json, concurrency, window_ms, csv_path)
-    run = subprocess.run(command, capture_output=True, text=True, timeout=60 + 20 * window_ms / 1000)
+    command = perf_analyzer_command(binary, url, data_json, concurrency, csv_path, **windows)
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600)
     if run.returncode != 0 or not csv_path.exists():
         lines = [line for line in (run.stdout + run.stderr).splitlines() if line.strip()]
         error = next((line for line in lines if "error" in line.lower() or "failed" in line.lower()), lines[-1:])
@@ -208,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", nargs="+", default=list(PICTURES_PER_SIZE))
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64, 128, 256])
     parser.add_argument("--window-ms", type=int, default=5000, help="perf_analyzer's --measurement-interval")
+    parser.add_argument("--request-count", type=int, default=0,
+                        help="windows of this many requests instead of --window-ms (count_windows mode)")
+    parser.add_argument("--stability-percentage", type=float, default=10)
     parser.add_argument("--device", default="cpu", help="device for the in-process network ceilings")
     parser.add_argument("--network-batch", type=int, default=128)
     parser.add_argument("--ceiling-seconds", type=float, default=5.0)
@@ -231,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         url = args.url or server.grpc_url
         for size, batch in images.items():
             for concurrency in args.concurrency:
-                row = run_perf_analyzer(args.perf_analyzer, url, batch, concurrency, args.window_ms, Path(work))
+                row = run_perf_analyzer(args.perf_analyzer, url, batch, concurrency, Path(work), window_ms=args.window_ms,
+                                        stability_percentage=args.stability_percentage, request_count=args.request_count)
                 results["served"][f"{size} c{concurrency}"] = row
                 print(f"  served {size:>9} concurrency {concurrency:>3}: " + (
                     f"ERROR {row['error']}" if "error" in row else

@@ -29,8 +29,7 @@ else
 fi
 repo_configs=model_repository/iqa_preprocess/config.pbtxt
 cp "$repo_configs" "$out/committed-preprocess-config.pbtxt"
-restore() { cp "$out/committed-preprocess-config.pbtxt" "$repo_configs"; }
-trap restore EXIT
+trap 'cp "$out/committed-preprocess-config.pbtxt" "$repo_configs"' EXIT
 if [ -n "${PREPROCESS_INSTANCES:-}" ]; then
   sed -i -E "s/count: *[0-9]+, kind: KIND_CPU/count: ${PREPROCESS_INSTANCES}, kind: KIND_CPU/" "$repo_configs"
 fi

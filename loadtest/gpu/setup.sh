@@ -1,5 +1,6 @@
 # Sourced by loadtest/gpu/run.sh and perf.sh ON the GPU machine: unpacks .gpu-carry (prepare_carry.sh)
 # into /tmp/iqa-site, points the stub's interpreter at it, and exports model.pt.
+out=${out:-${OUT:-/tmp/iqa-gpu-out}}; mkdir -p "$out"
 site=/tmp/iqa-site; mkdir -p "$site"
 carry=${carry:-.gpu-carry}
 tar -C "$site" -xJf "$carry/tritonserver-min.tar.xz"
