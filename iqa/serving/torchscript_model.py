@@ -14,6 +14,7 @@ import torch
 import triton_python_backend_utils as pb_utils
 
 from iqa.contract import NETWORK_INPUT, NETWORK_OUTPUTS
+from iqa.serving.network_runner import NetworkRunner, parse_sizes
 
 
 class TritonPythonModel:
@@ -23,13 +24,15 @@ class TritonPythonModel:
         self.device = torch.device(f"cuda:{args['model_instance_device_id']}" if on_gpu else "cpu")
         path = os.path.join(args["model_repository"], args["model_version"], "model.pt")
         self.model = torch.jit.load(path, map_location=self.device).eval()
-        # parameters { key: "precision" value { string_value: "fp16" } }: serve the network in half
-        # precision (benchmarks: keeps scores within 0.01 of fp32, see loadtest/bench.py --fp16).
-        precision = config.get("parameters", {}).get("precision", {}).get("string_value", "fp32")
-        if precision == "fp16":
-            self.model = self.model.half()
-        elif precision != "fp32":
-            raise pb_utils.TritonModelException(f"precision must be fp32 or fp16, not {precision!r}")
+        # parameters: precision (fp32 | fp16), channels_last, cuda_graphs (iqa.serving.network_runner).
+        parameters = {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
+        try:
+            graph_sizes = parse_sizes(parameters["cuda_graphs"]) if parameters.get("cuda_graphs") else None
+            self.runner = NetworkRunner(self.model, self.device, parameters.get("precision", "fp32"),
+                                        channels_last=parameters.get("channels_last", "false") == "true",
+                                        graph_sizes=graph_sizes)
+        except ValueError as err:
+            raise pb_utils.TritonModelException(str(err)) from None
         self.output_names = [output["name"] for output in config["output"]]
         if tuple(self.output_names) != NETWORK_OUTPUTS:
             raise pb_utils.TritonModelException(f"config outputs {self.output_names} != {NETWORK_OUTPUTS}")
@@ -39,8 +42,7 @@ class TritonPythonModel:
         arrays = [pb_utils.get_input_tensor_by_name(r, NETWORK_INPUT).as_numpy() for r in requests]
         sizes = [len(a) for a in arrays]
         batch = torch.from_numpy(np.concatenate(arrays) if len(arrays) > 1 else arrays[0]).to(self.device)
-        with torch.inference_mode():
-            scores = [s.float().cpu().numpy() for s in self.model(batch)]
+        scores = [s.cpu().numpy() for s in self.runner(batch)]
         responses, start = [], 0
         for size in sizes:
             tensors = [pb_utils.Tensor(name, s[start : start + size]) for name, s in zip(self.output_names, scores)]
