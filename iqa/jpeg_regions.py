@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from iqa.contract import CHANNELS, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, PATCH_SHAPE, PATCH_SIZE
+from iqa.contract import CHANNELS, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, PATCH_SIZE
 from iqa.decode_budget import DECODE_BUDGET
 
 log = logging.getLogger(__name__)
@@ -181,6 +181,8 @@ def plan(data: bytes, patch_origins: Callable[[int, int], list[tuple[int, int]]]
     except Exception as err:  # the full decode gives the verdict and the message
         log.debug("region plan fell back to a full decode: %s: %s", type(err).__name__, err)
         return None
+    if type(orientation) is not int:
+        return None  # whatever exif_transpose makes of it, the full decode does the same
     if orientation not in _TURNS:
         orientation = 1  # exif_transpose leaves other values alone
     width, height = frame.width, frame.height

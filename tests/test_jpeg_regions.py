@@ -40,6 +40,14 @@ def with_orientation(orientation: int) -> bytes:
     return jpeg(grainy(1000, 700), exif=exif.tobytes())
 
 
+def with_xmp_orientation(orientation: int) -> bytes:
+    """No EXIF, an XMP tiff:Orientation: Pillow's getexif() reads it there too."""
+    xmp = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+           f'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="{orientation}"/>'
+           "</rdf:RDF></x:xmpmeta>").encode()
+    return jpeg(grainy(1000, 700), xmp=xmp)
+
+
 def ycck() -> bytes:
     """A CMYK JPEG relabelled YCCK: the Adobe marker's transform flag set to 2 (libjpeg converts it)."""
     data = bytearray(jpeg(grainy(900, 700).convert("CMYK")))
@@ -74,6 +82,7 @@ KINDS = {
     "trailing_bytes_after_eoi": lambda: jpeg(grainy(1200, 800)) + b"\x00trailer" * 100,
     "tall_strip_400x3000": lambda: jpeg(grainy(400, 3000)),
     **{f"exif_orientation_{o}": functools.partial(with_orientation, o) for o in range(1, 9)},
+    "xmp_orientation_8": functools.partial(with_xmp_orientation, 8),
 }
 
 
