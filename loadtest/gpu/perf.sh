@@ -9,7 +9,7 @@
 # and 4000x3000 JPEGs ($SIZES), then the in-process stage ceilings on the same machine (network eager
 # fp32, fp16 + channels_last, CUDA graph; preprocess on 1 core and on every core; nvJPEG and the
 # batched region decode). perf.json, the printed table and the server's log land in $OUT.
-# DECODE_DEVICE=cuda serves iqa_preprocess with its JPEG regions decoded on the GPU (model.py);
+# REGION_DECODE_DEVICE=cuda serves iqa_preprocess with its JPEG regions decoded on the GPU (model.py);
 # PREPROCESS_INSTANCES overrides the committed count; PERF_ARGS adds loadtest.perf options.
 # SETUP=0 (with PYTHON and PERF_ANALYZER) skips the GPU machine's set-up: tests/test_perf_kit.py runs
 # this very script on a CPU at concurrency 1 and 2 for a few seconds.
@@ -33,8 +33,9 @@ trap 'cp "$out/committed-preprocess-config.pbtxt" "$repo_configs"' EXIT
 if [ -n "${PREPROCESS_INSTANCES:-}" ]; then
   sed -i -E "s/count: *[0-9]+, kind: KIND_CPU/count: ${PREPROCESS_INSTANCES}, kind: KIND_CPU/" "$repo_configs"
 fi
-if [ -n "${DECODE_DEVICE:-}" ]; then
-  printf '\nparameters: { key: "decode_device", value: { string_value: "%s" } }\n' "$DECODE_DEVICE" >> "$repo_configs"
+if [ -n "${REGION_DECODE_DEVICE:-}" ]; then
+  printf '\nparameters: { key: "region_decode_device", value: { string_value: "%s" } }\n' "$REGION_DECODE_DEVICE" \
+    >> "$repo_configs"
 fi
 # shellcheck disable=SC2086  # CONCURRENCY, SIZES and PERF_ARGS are lists of words
 "$python" -m loadtest.perf --device "$device" --out "$out" --concurrency ${CONCURRENCY:-1 16 64 128 256} \

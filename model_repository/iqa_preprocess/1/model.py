@@ -4,9 +4,11 @@ Glue only: the decoding and sampling live in iqa.preprocess (one image) and iqa.
 dynamic batch). Each request gets exactly one response; an image that cannot be decoded fails its
 own request and no other in the dynamic batch.
 
-Config parameter `decode_device` (default "cpu"): "cuda" decodes the batch's JPEG patch regions on
-this instance's GPU with nvJPEG (iqa.batch_decode.RegionDecoder); whatever it cannot decode takes
-the CPU route with the CPU route's errors. Off in the committed config until measured on a GPU.
+Config parameter `region_decode_device` (absent: every image alone on the CPU, iqa.preprocess):
+"cuda" (this instance's GPU) or "cuda:N" decodes the batch's JPEG patch regions together with nvJPEG
+(iqa.batch_decode.RegionDecoder); "cpu" runs the same batched code on nvImageCodec's CPU backend
+(how tests/test_batch_decode.py serves it). Whatever it cannot decode takes the CPU route with the
+CPU route's errors. Absent from the committed config until measured on a GPU.
 """
 
 import json
@@ -27,17 +29,17 @@ class TritonPythonModel:
         threads = len(os.sched_getaffinity(0))
         self.pool = ThreadPoolExecutor(max_workers=max(1, min(threads, 8)), thread_name_prefix="decode")
         parameters = json.loads(args["model_config"]).get("parameters", {})
-        device = parameters.get("decode_device", {}).get("string_value", "cpu")
+        device = parameters.get("region_decode_device", {}).get("string_value", "")
         self.region_decoder = None
-        if device.startswith("cuda"):
+        if device:
             from iqa.batch_decode import RegionDecoder
 
-            gpu = f"cuda:{args.get('model_instance_device_id', 0)}" if device == "cuda" else device
+            device = f"cuda:{args.get('model_instance_device_id', 0)}" if device == "cuda" else device
             try:
-                self.region_decoder = RegionDecoder(gpu)
-                pb_utils.Logger.log_info(f"iqa_preprocess: JPEG patch regions decoded on {gpu} (nvImageCodec)")
+                self.region_decoder = RegionDecoder(device)
+                pb_utils.Logger.log_info(f"iqa_preprocess: JPEG patch regions decoded in batches on {device}")
             except Exception as err:  # the CPU route serves everything
-                pb_utils.Logger.log_warn(f"iqa_preprocess: no GPU decode on {gpu} ({type(err).__name__}: {err})")
+                pb_utils.Logger.log_warn(f"iqa_preprocess: no batched decode on {device} ({type(err).__name__}: {err})")
 
     def execute(self, requests):
         images = [pb_utils.get_input_tensor_by_name(r, IMAGE_INPUT).as_numpy().reshape(-1) for r in requests]
