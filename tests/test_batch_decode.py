@@ -12,8 +12,7 @@ import pytest
 from iqa.batch_decode import RegionDecoder, preprocess_batch
 from iqa.contract import ENSEMBLE_MODEL, PATCH_SHAPE, PREPROCESS_MODEL, SCORE_NAMES
 from iqa.preprocess import ImageError, preprocess
-from iqa.serving.launcher import Ports, TritonServer, free_ports
-from tests.conftest import image_tensor
+from tests.conftest import image_tensor, serve
 from tests.odd_images import CASES
 from tests.test_jpeg_regions import KINDS
 from tests.test_server import TOLERANCE
@@ -71,10 +70,7 @@ def batched_on_cpu(model: str, config: str) -> str:
 @pytest.fixture(scope="module")
 def batched_server(tmp_path_factory):
     """The repository served with iqa_preprocess's batched region decode on (nvImageCodec's CPU backend)."""
-    run_dir = tmp_path_factory.mktemp("batched")
-    server = TritonServer(ports=Ports(*free_ports(3)), run_dir=run_dir, log_file=run_dir / "tritonserver.log",
-                          exit_timeout_s=10, config_edit=batched_on_cpu)
-    with server:
+    with serve(tmp_path_factory, "batched", batched_on_cpu) as server:
         yield server
 
 
