@@ -35,8 +35,9 @@ $(MODEL): $(STAMP) iqa/network.py iqa/contract.py iqa/preprocess.py conversion/e
 export: $(MODEL)
 
 # Starts tritonserver on 8000 (HTTP) / 8001 (gRPC) / 8002 (metrics), scores $(SAMPLE), serves until Ctrl-C.
+# SERVE_ARGS: the launcher's options, e.g. SERVE_ARGS="--grpc-port 9001" (.venv/bin/python -m iqa.serving.launcher --help).
 serve: $(MODEL)
-	$(PY) -m iqa.serving.launcher --sample $(SAMPLE)
+	$(PY) -m iqa.serving.launcher --sample $(SAMPLE) $(SERVE_ARGS)
 
 test: $(MODEL) $(DEPLOY_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -6,12 +6,14 @@ Traces on CPU in fp32 with torch.jit.trace, then checks the traced module
 against the eager one on random patches (several batch sizes) and on real
 photos; a module that differs by more than 1e-5 anywhere is not written.
 
-Target runtime: the file is traced with torch 2.14.1. TorchScript loads in a
-libtorch at least as new as the one that wrote it (PyTorch promises backward
-compatibility only), so the NGC image to serve it is `tritonserver:26.09-py3`
-(Triton 2.73.0, libtorch 2.14.0a0), the first release built on the 2.14 line;
-the module uses only long-stable operators (conv, batch norm, relu, add, mean,
-sigmoid, reshapes). docker/ pins that release.
+Target runtime: the file is traced with torch 2.14.1 and served by the libtorch
+of the NGC image docker/ pins (`tritonserver:26.09-py3`, Triton 2.73.0, libtorch
+2.14.0a0). What decides whether a libtorch loads it is the archive's file-format
+`version` record (3 here: the module uses only long-stable operators, none with an
+operator upgrader: conv, batch norm, relu, add, mean, sigmoid, reshapes), which
+every libtorch 2.x reads (versions 1-10); torch 2.0.1, 2.8.0, 2.12.1 and 2.14.1
+load it and give identical outputs on CPU (checked 2026-11-30). tests/test_deploy.py
+checks the record against the image's libtorch.
 
 Without trained weights it exports a seeded random initialisation and records
 that in the file (extra file `iqa.json`), so the launcher can warn that the

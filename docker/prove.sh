@@ -5,11 +5,12 @@
 #
 # 1. builds docker/Dockerfile (and the small client image docker/Dockerfile.locust);
 # 2. runs the server as docker/k8s runs it: one GPU, non-root, read-only root filesystem with
-#    /tmp as tmpfs, 1g /dev/shm;
+#    /tmp as tmpfs, 1280m /dev/shm;
 # 3. waits for the image's HEALTHCHECK to report healthy (the watchdog's /ready on 8003: a real inference passed);
 # 4. scores tests/data/sheep.jpg over gRPC from a second container on the server's network
-#    (docker/prove_client.py): three outputs, FP32 [1, 1], in [0, 1]; iqa_resnet50 on the libtorch
-#    backend with a GPU instance; the autoscaling metrics exported on 8002;
+#    (docker/prove_client.py): three outputs, FP32 [1, 1], in [0, 1]; iqa_resnet50 on the pytorch
+#    backend (its libtriton_pytorch.so, read from the server's backend table) with a GPU instance;
+#    the autoscaling metrics exported on 8002;
 # 5. stops the server with SIGTERM and checks it drained and exited 0 within the grace period.
 # Exits non-zero at the first failed step and prints the server log.
 #
@@ -45,7 +46,7 @@ docker build -f docker/Dockerfile -t "$IMAGE" .
 docker build -f docker/Dockerfile.locust -t "$CLIENT_IMAGE" docker
 
 step "run $NAME on $GPUS GPU(s), read-only, non-root"
-docker run -d --name "$NAME" --gpus "$GPUS" --shm-size 1g --read-only --tmpfs /tmp \
+docker run -d --name "$NAME" --gpus "$GPUS" --shm-size 1280m --read-only --tmpfs /tmp \
     --ulimit memlock=-1 --ulimit stack=67108864 --security-opt no-new-privileges:true "$IMAGE" >/dev/null
 uid=$(docker exec "$NAME" id -u)
 [ "$uid" = "10001" ] || fail "the server runs as uid $uid, not 10001"
@@ -63,6 +64,11 @@ while :; do
     sleep 5
 done
 echo "healthy after $((SECONDS - deadline + READY_TIMEOUT))s"
+
+step "iqa_resnet50 runs in NVIDIA's PyTorch backend (libtriton_pytorch.so), not a Python stand-in"
+# Triton prints its backend table at start: the pytorch row names the library it loaded.
+docker logs "$NAME" 2>&1 | grep -E '^\| pytorch +\| [^|]*/backends/pytorch/libtriton_pytorch\.so' \
+    || fail "the server did not load backends/pytorch/libtriton_pytorch.so for backend pytorch"
 
 step "score $SAMPLE over gRPC"
 docker run --rm --network "container:$NAME" -v "$PWD:/src:ro" --entrypoint python "$CLIENT_IMAGE" \

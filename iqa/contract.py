@@ -51,3 +51,41 @@ MIN_IMAGE_SIDE = 32  # below this there is no texture to judge
 # the numpy array and the bytes it is built from; ~22 for RGBA, composited over white), so an
 # instance's decoding stays near 0.9-1.4 GiB (tests/test_decode_budget.py measures its stub).
 DECODE_PIXEL_BUDGET = MAX_IMAGE_PIXELS
+
+# --- batch sizes --------------------------------------------------------------------
+# Rows (encoded images) per request of the ensemble, and per execution of iqa_preprocess: a dynamic
+# batch of preprocess holds at most this many images, whatever requests they came in. It bounds the
+# encoded bytes one execution holds in shared memory (below); the network batches its own way.
+MAX_REQUEST_ROWS = 8
+NETWORK_MAX_BATCH = 32  # images per execution of iqa_resnet50 (GPU-sized; its own dynamic batching)
+
+# --- Python-backend shared memory (/dev/shm) ---------------------------------------------------
+# The Python backend passes every input and output tensor of a Python-backend model instance through
+# that instance's own region in /dev/shm. A region starts at SHM_DEFAULT_BYTES and, when an
+# allocation does not fit, grows by SHM_GROWTH_BYTES * (needed // SHM_GROWTH_BYTES + 1)
+# (python_backend src/shm_manager.cc, GrowIfNeeded); it never shrinks. So a region ends at most at
+# what its largest execution held at once, plus one growth step of rounding, plus what it started with:
+#   preprocess, largest execution: MAX_REQUEST_ROWS x MAX_IMAGE_BYTES of encoded input
+#                                 + MAX_REQUEST_ROWS x PATCH_BYTES of output patches
+#   network (the local Python-backend runner only; NGC's libtorch backend has no region):
+#                                 NETWORK_MAX_BATCH x PATCH_BYTES in, 3 x 4 bytes per image out
+#                                 (6.3 MB: within SHM_DEFAULT_BYTES, it never grows)
+# The image's server flags carry SHM_DEFAULT_BYTES / SHM_GROWTH_BYTES, and compose, the Kubernetes
+# Deployment and docker/prove.sh size /dev/shm to SHM_LIMIT_BYTES for PREPROCESS_INSTANCES decoders (tests/test_deploy.py checks they agree with this;
+# tests/test_server.py sends the largest accepted request and measures the region it leaves).
+PATCH_BYTES = PATCHES_PER_IMAGE * CHANNELS * PATCH_SIZE * PATCH_SIZE  # one image's patches, UINT8
+SHM_DEFAULT_BYTES = 16 * 1024 * 1024  # a full network batch of patches (6.3 MB) never grows a region
+SHM_GROWTH_BYTES = 16 * 1024 * 1024
+PREPROCESS_INSTANCES = 4  # model_repository/iqa_preprocess/config.pbtxt, production (GPU) count
+
+
+def shm_region_bound_bytes(rows: int = MAX_REQUEST_ROWS, image_bytes: int = MAX_IMAGE_BYTES) -> int:
+    """Upper bound of one preprocess instance's /dev/shm region (bytes) after executions of `rows` images
+    of `image_bytes` each: start size + the largest execution's tensors + one growth step of rounding."""
+    return SHM_DEFAULT_BYTES + rows * (image_bytes + PATCH_BYTES) + SHM_GROWTH_BYTES
+
+
+# The preprocess regions, the network runner's region where it exists, and 64 MiB for the stubs'
+# message queues and allocator overhead; rounded up to whole GiB / 4 (a Kubernetes quantity).
+_SHM_NEEDED_BYTES = PREPROCESS_INSTANCES * shm_region_bound_bytes() + SHM_DEFAULT_BYTES + 64 * 1024 * 1024
+SHM_LIMIT_BYTES = -(-_SHM_NEEDED_BYTES // (256 * 1024 * 1024)) * 256 * 1024 * 1024

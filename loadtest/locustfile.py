@@ -12,6 +12,7 @@ from grpc.experimental import gevent as grpc_gevent
 
 grpc_gevent.init_gevent()
 
+import json  # noqa: E402
 import random  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -20,6 +21,7 @@ import numpy as np  # noqa: E402
 import tritonclient.grpc as grpcclient  # noqa: E402
 from locust import User, constant, events, task  # noqa: E402
 
+from iqa_client.client import channel_arguments  # noqa: E402
 from iqa_client.contract import ENSEMBLE_MODEL, IMAGE_INPUT, SCORE_NAMES  # noqa: E402
 
 CORPUS_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -34,6 +36,19 @@ def _options(parser):
     parser.add_argument("--max-batch", type=int, default=4, help="largest small batch")
     parser.add_argument("--request-timeout", type=float, default=60.0, help="seconds per request")
     parser.add_argument("--max-requests", type=int, default=0, help="stop after this many requests (0: no bound)")
+    parser.add_argument("--grpc-channel-options", type=_json_object, default={}, env_var="LOCUST_GRPC_CHANNEL_OPTIONS",
+                        help='gRPC channel arguments as a JSON object, added to tritonclient\'s defaults, e.g. '
+                             '\'{"grpc.lb_policy_name": "round_robin"}\' with --host dns:///<headless service>:8001')
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"not JSON: {err}") from None
+    if not isinstance(value, dict):
+        raise ValueError("expected a JSON object of channel argument names to values")
+    return value
 
 
 class ScoreImages(User):
@@ -47,7 +62,9 @@ class ScoreImages(User):
             if not files:
                 raise RuntimeError(f"no images in {options.corpus}: run python -m loadtest.prepare_corpus")
             ScoreImages.corpus = [p.read_bytes() for p in files]
-        self.client = grpcclient.InferenceServerClient(self.host.removeprefix("grpc://"))
+        self.client = grpcclient.InferenceServerClient(
+            self.host.removeprefix("grpc://"),
+            channel_args=channel_arguments(options.grpc_channel_options.items()))
 
     def on_stop(self):
         self.client.close()  # without it the Locust process hangs after "Shutting down"

@@ -22,14 +22,23 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as pb
 
 from iqa import contract
-from iqa.serving.launcher import DEFAULT_REPOSITORY, MODELS, PYTHON_SHM_BYTES, Ports
-from iqa.serving.watchdog import AdminAccess
+from iqa.serving.launcher import (
+    DEFAULT_REPOSITORY,
+    GRPC_MAX_CONNECTION_AGE_GRACE_MS,
+    GRPC_MAX_CONNECTION_AGE_MS,
+    MODELS,
+    Ports,
+)
+from iqa.serving.watchdog import START_TIMEOUT_S, AdminAccess
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKER = REPO / "docker"
@@ -44,17 +53,18 @@ DEPLOY_BIN = REPO / ".venv-deploy" / "bin"
 HAND_CHECKED_KINDS = {("kustomize.config.k8s.io/v1beta1", "Kustomization"), ("monitoring.coreos.com/v1", "ServiceMonitor")}
 # Oldest and newest Kubernetes the manifests are validated against (docker/README.md says >= 1.29).
 K8S_VERSIONS = ("1.29.0", "1.37.0")
-# NGC tritonserver release -> the libtorch line it ships. TorchScript loads only in a libtorch at
-# least as new as the torch that traced it, so the image must move with pyproject.toml's torch.
-NGC_LIBTORCH = {"26.09": "2.14"}
+# NGC tritonserver release -> (its libtorch, the newest TorchScript file-format version that libtorch
+# reads). What decides whether a libtorch loads a TorchScript file is the archive's `version` record,
+# checked against caffe2/serialize/versions.h kMaxSupportedFileFormatVersion (0xA in every release from
+# 2.0.1 to 2.14.1), not the release line that wrote it; the writer raises the record above 3 only for
+# operators with upgraders (torch/csrc/jit/operator_upgraders). Moving the image means adding its row.
+NGC_LIBTORCH = {"26.09": ("2.14.0a0", 0xA)}
 PORTS = {"grpc": 8001, "metrics": 8002}  # what clients and Prometheus reach
 HTTP_PORT = 8000  # Triton's HTTP: on the pod's loopback, for the watchdog only
 HEALTH_PORT = 8003  # the watchdog's /ready and /live: probes only, no Service port
 GRPC_APP_PROTOCOL = "kubernetes.io/h2c"
 EXIT_TIMEOUT_S = 30
-# A full dynamic batch of preprocess output: the least the Python backend's shm region must hold.
-FULL_BATCH_BYTES = 32 * 4 * 3 * 128 * 128
-GIB = 1024**3
+DNS_PORT = 53
 
 
 def tool(name: str) -> Path:
@@ -327,14 +337,19 @@ def test_the_image_serves_exactly_the_repository_model_configs():
     assert sorted(p.parent.name for p in DEFAULT_REPOSITORY.glob("*/config.pbtxt")) == sorted(MODELS)
 
 
-def test_base_image_is_the_release_whose_libtorch_loads_the_exported_model():
+def test_the_base_images_libtorch_reads_the_exported_models_file_format():
     steps = dockerfile(DOCKERFILE)
     image = only(steps, "FROM", final_stage(steps))[0].args
     match = re.fullmatch(r"nvcr\.io/nvidia/tritonserver:(\d\d\.\d\d)-py3", image)
-    assert match, image
-    torch_pin = pins(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"])["torch"]
-    assert NGC_LIBTORCH.get(match[1]) == ".".join(torch_pin.split(".")[:2]), \
-        f"model.pt is traced with torch {torch_pin}; {image} ships libtorch {NGC_LIBTORCH.get(match[1])}"
+    assert match and match[1] in NGC_LIBTORCH, f"{image}: add its libtorch and file-format range to NGC_LIBTORCH"
+    libtorch, newest_readable = NGC_LIBTORCH[match[1]]
+    model_pt = DEFAULT_REPOSITORY / contract.NETWORK_MODEL / "1" / "model.pt"
+    with zipfile.ZipFile(model_pt) as archive:
+        # "<archive>/version", or "<archive>/.data/version" from format 6 on (caffe2/serialize/inline_container.cc)
+        (record,) = [n for n in archive.namelist()
+                     if n.endswith("/.data/version") or (n.endswith("/version") and n.count("/") == 1)]
+        written = int(archive.read(record))
+    assert written <= newest_readable, f"model.pt is file format {written}; {image}'s libtorch {libtorch} reads up to {newest_readable}"
 
 
 def pins(requirements) -> dict[str, str]:
@@ -535,27 +550,60 @@ def test_health_checks_and_probes_agree(compose, manifests):
     watchdog = image_command(steps)
     assert watchdog[:3] == ["python3", "-m", "iqa.serving.watchdog"]
     assert f"--health-port={HEALTH_PORT}" in watchdog and f"--http-port={HTTP_PORT}" in watchdog
-    startup = container["startupProbe"]
-    image_start_period = seconds(re.search(r"--start-period=(\S+)", healthcheck.args)[1])
-    assert startup["periodSeconds"] * startup["failureThreshold"] >= image_start_period
-    assert seconds(compose_check["start_period"]) == image_start_period
+
+def test_one_start_up_budget_everywhere(compose, manifests):
+    """Load + warm-up time allowed before a server counts as failed: iqa/serving/watchdog.py START_TIMEOUT_S."""
+    steps = dockerfile(DOCKERFILE)
+    (healthcheck,) = only(steps, "HEALTHCHECK")
+    assert seconds(re.search(r"--start-period=(\S+)", healthcheck.args)[1]) == START_TIMEOUT_S
+    assert seconds(compose["services"]["triton"]["healthcheck"]["start_period"]) == START_TIMEOUT_S
+    assert f"--start-timeout={START_TIMEOUT_S}" in image_command(steps)
+    startup = server_container(manifests)["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] == START_TIMEOUT_S
 
 
-def test_shared_memory_agrees_and_holds_a_full_batch(compose, manifests):
+def test_shared_memory_settings_are_the_ones_derived_in_the_contract(compose, manifests):
+    """iqa/contract.py derives the region sizes and /dev/shm from the largest accepted request
+    (tests/test_production_repository.py sends one); every deployment file must carry those numbers."""
     options = flags(server_command(dockerfile(DOCKERFILE)))
-    assert options["--backend-config"] == [f"python,shm-default-byte-size={PYTHON_SHM_BYTES}"]
-    assert PYTHON_SHM_BYTES >= FULL_BATCH_BYTES
+    assert sorted(options["--backend-config"]) == sorted([f"python,shm-default-byte-size={contract.SHM_DEFAULT_BYTES}",
+                                                         f"python,shm-growth-byte-size={contract.SHM_GROWTH_BYTES}"])
     compose_shm = quantity_bytes(compose["services"]["triton"]["shm_size"])
     pod = deployment(manifests)["spec"]["template"]["spec"]
     (dshm,) = [v for v in pod["volumes"] if v["name"] == "dshm"]
     assert dshm["emptyDir"]["medium"] == "Memory"
     k8s_shm = quantity_bytes(dshm["emptyDir"]["sizeLimit"])
-    assert compose_shm == k8s_shm == GIB
-    assert k8s_shm >= 16 * PYTHON_SHM_BYTES, "room for the region to grow with batches of large images"
+    prove_shm = quantity_bytes(re.search(r"--shm-size (\S+)", (DOCKER / "prove.sh").read_text())[1])
+    assert compose_shm == k8s_shm == prove_shm == contract.SHM_LIMIT_BYTES
     mounts = {m["mountPath"]: m["name"] for m in server_container(manifests)["volumeMounts"]}
     assert mounts["/dev/shm"] == "dshm"
+    preprocess = text_format.Parse((DEFAULT_REPOSITORY / contract.PREPROCESS_MODEL / "config.pbtxt").read_text(),
+                                   pb.ModelConfig())
+    assert sum(g.count for g in preprocess.instance_group) == contract.PREPROCESS_INSTANCES
     memory_limit = quantity_bytes(server_container(manifests)["resources"]["limits"]["memory"])
     assert memory_limit >= 4 * k8s_shm, "the Memory emptyDir counts against the container's memory limit"
+
+
+def test_grpc_connections_are_aged_so_new_replicas_get_traffic():
+    options = flags(server_command(dockerfile(DOCKERFILE)))
+    assert options["--grpc-max-connection-age"] == [str(GRPC_MAX_CONNECTION_AGE_MS)]
+    assert options["--grpc-max-connection-age-grace"] == [str(GRPC_MAX_CONNECTION_AGE_GRACE_MS)]
+    # In-flight calls finish within the grace: at least the longest an accepted request may wait in the
+    # queues of both composing models (their queue policies' timeouts), with room for the executions.
+    queue_ms = sum(text_format.Parse((DEFAULT_REPOSITORY / model / "config.pbtxt").read_text(), pb.ModelConfig())
+                   .dynamic_batching.default_queue_policy.default_timeout_microseconds // 1000
+                   for model in (contract.PREPROCESS_MODEL, contract.NETWORK_MODEL))
+    assert GRPC_MAX_CONNECTION_AGE_GRACE_MS >= 2 * queue_ms
+
+
+def test_network_policy_lets_dns_out_and_nothing_else(manifests):
+    (policy,) = [v for (kind, _), v in manifests.items() if kind == "NetworkPolicy"]
+    assert "Egress" in policy["spec"]["policyTypes"]
+    (rule,) = policy["spec"]["egress"]
+    assert sorted((p["port"], p["protocol"]) for p in rule["ports"]) == [(DNS_PORT, "TCP"), (DNS_PORT, "UDP")]
+    (peer,) = rule["to"]
+    assert peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}
+    assert peer["podSelector"] == {"matchLabels": {"k8s-app": "kube-dns"}}
 
 
 def test_shutdown_outlasts_tritons_exit_timeout(compose, manifests):
@@ -650,10 +698,10 @@ def test_prove_client_scores_through_the_local_server(triton):
     assert result.returncode == 0, result.stderr
     scores = json.loads(result.stdout)
     assert set(scores) == set(contract.SCORE_NAMES) and all(0.0 <= v <= 1.0 for v in scores.values())
-    # The local launcher serves iqa_resnet50 with a Python-backend stand-in: the NGC-only check must say so.
+    # Without a GPU the launcher serves iqa_resnet50 on KIND_CPU instances: the GPU check must say so.
     result = run([sys.executable, DOCKER / "prove_client.py", "--url", triton.grpc_url, "--image", "tests/data/sheep.jpg",
                   "--expect-libtorch-gpu"])
-    assert result.returncode == 1 and "not pytorch_libtorch" in result.stderr
+    assert result.returncode == 1 and "not KIND_GPU" in result.stderr
 
 
 def test_only_the_watchdog_can_load_or_unload_models():

@@ -1,27 +1,93 @@
 """The local launcher's own decisions, checked without starting a server."""
 
+import http.client
 import re
+import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as pb
 
+from iqa.contract import NETWORK_MODEL, PREPROCESS_MODEL
 from iqa.serving import launcher
 from iqa.serving.launcher import LaunchError, Ports, TritonServer
 
 
-def test_a_taken_port_is_reported_by_number_and_name(tmp_path):
-    with socket.socket() as holder:
-        holder.bind(("0.0.0.0", 0))
-        holder.listen()
-        taken = holder.getsockname()[1]
-        server = TritonServer(ports=Ports(http=taken, grpc=taken + 1, metrics=taken + 2), run_dir=tmp_path)
-        with pytest.raises(LaunchError, match=rf"port {taken} \(HTTP\) is already in use"):
+def test_taken_ports_are_reported_together_by_number_and_name(tmp_path):
+    with socket.socket() as http, socket.socket() as grpc:
+        for holder in (http, grpc):
+            holder.bind(("0.0.0.0", 0))
+            holder.listen()
+        taken = http.getsockname()[1], grpc.getsockname()[1]
+        server = TritonServer(ports=Ports(http=taken[0], grpc=taken[1], metrics=launcher.free_ports(1)[0]),
+                              run_dir=tmp_path)
+        with pytest.raises(LaunchError) as refused:
             server.start()
+    message = str(refused.value)
+    assert f"port {taken[0]} (HTTP), port {taken[1]} (gRPC) are already in use" in message
+    assert "--http-port N --grpc-port N" in message and "SERVE_ARGS" in message
     assert server.process is None
+
+
+def test_a_port_left_in_time_wait_is_free_and_a_listening_one_is_not():
+    with socket.socket() as listener:
+        # As Triton's HTTP, gRPC and metrics servers listen: the connections they accept inherit SO_REUSEADDR.
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = listener.accept()
+        assert launcher.busy_ports({"test": port}) == {"test": port}
+    accepted.close()  # the server side closes first: its end of the connection enters TIME-WAIT
+    client.close()
+    assert "06" in launcher.tcp_states(port), "the connection should be in TIME-WAIT"
+    assert launcher.busy_ports({"test": port}) == {}
+
+
+def _serve(ports: list[int], run_dir: Path) -> subprocess.Popen:
+    """`make serve`'s launcher (watchdog included) on the given ports, as its own process."""
+    http, grpc, metrics, health = ports
+    return subprocess.Popen([sys.executable, "-m", "iqa.serving.launcher", "--http-port", str(http),
+                             "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--health-port", str(health),
+                             "--run-dir", str(run_dir), "--exit-timeout", "5"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(process: subprocess.Popen, text: str, timeout_s: float = 180) -> str:
+    seen, deadline = [], time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if text in line:
+            return "".join(seen)
+    process.kill()
+    raise AssertionError(f"no {text!r} from the launcher:\n" + "".join(seen)[-3000:])
+
+
+def test_a_restart_right_after_a_stop_serves_again(tmp_path):
+    ports = launcher.free_ports(4)
+    for attempt in range(2):
+        server = _serve(ports, tmp_path / "run")
+        try:
+            _wait_for(server, "serving until Ctrl-C")
+            # A client that lets the server close first leaves the server's end in TIME-WAIT on the port,
+            # as the watchdog's probes and any curl do: the next start must not mind.
+            urllib.request.urlopen(f"http://127.0.0.1:{ports[0]}/v2/health/ready", timeout=10).close()
+            server.send_signal(signal.SIGTERM)
+            tail = server.communicate(timeout=60)[0]
+        finally:
+            server.kill()
+        assert server.returncode == 0, tail
+        assert "06" in launcher.tcp_states(ports[0]), f"attempt {attempt}: no TIME-WAIT on the HTTP port to restart over"
 
 
 def test_a_missing_binary_is_reported_with_what_to_do(tmp_path):
@@ -33,28 +99,84 @@ def test_the_wheel_server_is_found_by_default():
     assert launcher.find_tritonserver().name == "tritonserver"
 
 
-def test_without_libtorch_or_gpu_the_network_runs_in_the_python_runner(tmp_path):
-    repository, changes = launcher.prepare_repository(launcher.DEFAULT_REPOSITORY, tmp_path, libtorch=False, gpus=0)
-    network = (repository / "iqa_resnet50" / "config.pbtxt").read_text()
-    assert 'backend: "python"' in network and "KIND_CPU" in network and "KIND_GPU" not in network
-    assert "iqa.serving.torchscript_model" in (repository / "iqa_resnet50" / "1" / "model.py").read_text()
-    assert any("Python-backend TorchScript runner" in c for c in changes)
-    # the committed repository itself is untouched: it stays the production (libtorch, GPU) one
-    committed = (launcher.DEFAULT_REPOSITORY / "iqa_resnet50" / "config.pbtxt").read_text()
-    assert 'backend: "pytorch_libtorch"' in committed and "KIND_GPU" in committed
+def _parsed(text: str) -> pb.ModelConfig:
+    return text_format.Parse(text, pb.ModelConfig())
 
 
-def test_with_libtorch_and_a_gpu_the_repository_is_served_as_committed(tmp_path):
-    repository, changes = launcher.prepare_repository(launcher.DEFAULT_REPOSITORY, tmp_path, libtorch=True, gpus=1)
+def _with_machine_changes(committed: pb.ModelConfig, model: str) -> pb.ModelConfig:
+    """The committed config with exactly what launcher.MACHINE_CHANGES describes for a machine without GPU."""
+    expected = pb.ModelConfig()
+    expected.CopyFrom(committed)
+    for group in expected.instance_group:
+        if group.kind == pb.ModelInstanceGroup.KIND_GPU:
+            group.kind = pb.ModelInstanceGroup.KIND_CPU
+        if model == PREPROCESS_MODEL:
+            group.count = 1
+    if expected.dynamic_batching.HasField("default_queue_policy"):
+        expected.dynamic_batching.default_queue_policy.max_queue_size = launcher.CPU_QUEUE_SIZE
+        expected.dynamic_batching.default_queue_policy.default_timeout_microseconds = launcher.CPU_QUEUE_TIMEOUT_US
+    return expected
+
+
+def test_without_a_gpu_only_the_documented_machine_changes_are_made(tmp_path):
+    repository, changes = launcher.prepare_repository(launcher.DEFAULT_REPOSITORY, tmp_path, gpus=0)
     for model in launcher.MODELS:
-        served = (repository / model / "config.pbtxt").read_text()
-        assert served == (launcher.DEFAULT_REPOSITORY / model / "config.pbtxt").read_text()
+        committed = _parsed((launcher.DEFAULT_REPOSITORY / model / "config.pbtxt").read_text())
+        served = _parsed((repository / model / "config.pbtxt").read_text())
+        assert served == _with_machine_changes(committed, model), model
+    assert sorted(changes) == sorted([f"{NETWORK_MODEL}: {launcher.MACHINE_CHANGES[0]}",
+                                      f"{PREPROCESS_MODEL}: {launcher.MACHINE_CHANGES[1]}",
+                                      f"{PREPROCESS_MODEL}: {launcher.MACHINE_CHANGES[2]}",
+                                      f"{NETWORK_MODEL}: {launcher.MACHINE_CHANGES[2]}"])
+    # the network keeps its production backend: no model.py of its own, nothing rewritten to python
+    assert _parsed((repository / NETWORK_MODEL / "config.pbtxt").read_text()).backend == "pytorch"
+    assert not (repository / NETWORK_MODEL / "1" / "model.py").exists()
+
+
+def test_with_a_gpu_the_repository_is_served_as_committed(tmp_path):
+    repository, changes = launcher.prepare_repository(launcher.DEFAULT_REPOSITORY, tmp_path, gpus=1)
+    for model in launcher.MODELS:
+        served = repository / model / "config.pbtxt"
+        assert served.is_symlink() and served.read_text() == (launcher.DEFAULT_REPOSITORY / model / "config.pbtxt").read_text()
     assert changes == []
-    assert not (repository / "iqa_resnet50" / "1" / "model.py").exists()
+
+
+def test_the_wheel_gets_a_python_based_pytorch_backend_beside_the_python_backend(tmp_path):
+    backends, changes = launcher.prepare_backends(launcher.find_tritonserver(), tmp_path)
+    assert (backends / "python" / "libtriton_python.so").is_file()
+    assert (backends / "python" / "triton_python_backend_stub").is_file()
+    assert "iqa.serving.torchscript_model" in (backends / "pytorch" / "model.py").read_text()
+    assert len(changes) == 1 and "libtriton_pytorch.so absent" in changes[0]
+
+
+def _fake_install(root: Path, *, pytorch: bool) -> Path:
+    """A Triton install laid out like the NGC image's /opt/tritonserver (empty files)."""
+    (root / "bin").mkdir(parents=True)
+    binary = root / "bin" / "tritonserver"
+    binary.write_text("")
+    binary.chmod(0o755)
+    for name in ("python/libtriton_python.so", "python/triton_python_backend_stub", "onnxruntime/libtriton_onnxruntime.so")\
+            + (("pytorch/libtriton_pytorch.so",) if pytorch else ()):
+        (root / "backends" / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / "backends" / name).write_text("")
+    return binary
+
+
+def test_an_install_with_the_pytorch_backend_is_used_as_it_is(tmp_path):
+    binary = _fake_install(tmp_path / "opt", pytorch=True)
+    assert launcher.prepare_backends(binary, tmp_path / "run") == ((tmp_path / "opt" / "backends").resolve(), [])
+
+
+def test_an_install_without_the_pytorch_backend_keeps_its_backends_and_gains_the_stand_in(tmp_path):
+    binary = _fake_install(tmp_path / "opt", pytorch=False)
+    backends, changes = launcher.prepare_backends(binary, tmp_path / "run")
+    assert (backends / "onnxruntime").resolve() == (tmp_path / "opt" / "backends" / "onnxruntime").resolve()
+    assert (backends / "python" / "triton_python_backend_stub").exists()
+    assert (backends / "pytorch" / "model.py").is_file() and changes
 
 
 def test_without_a_gpu_the_queues_fit_the_cpu_and_refuse_with_the_same_words(tmp_path):
-    repository, changes = launcher.prepare_repository(launcher.DEFAULT_REPOSITORY, tmp_path, libtorch=False, gpus=0)
+    repository, changes = launcher.prepare_repository(launcher.DEFAULT_REPOSITORY, tmp_path, gpus=0)
     for model in (launcher.PREPROCESS_MODEL, launcher.NETWORK_MODEL):
         served = (repository / model / "config.pbtxt").read_text()
         assert re.search(rf"max_queue_size: {launcher.CPU_QUEUE_SIZE}\n", served), model
@@ -77,7 +199,7 @@ def test_a_repository_without_model_pt_asks_for_the_export(tmp_path):
         (source / model / "1").mkdir(parents=True)
         (source / model / "config.pbtxt").write_text("")
     with pytest.raises(LaunchError, match="make export"):
-        launcher.prepare_repository(source, tmp_path / "run", libtorch=False, gpus=0)
+        launcher.prepare_repository(source, tmp_path / "run", gpus=0)
 
 
 def _alive(pid: int) -> bool:
@@ -128,3 +250,17 @@ def test_the_admin_secret_reaches_the_server_but_not_the_log(tmp_path, caplog, m
         server.start()
     assert any(server.admin.secret in arg for arg in server.process.args)
     assert "starting" in caplog.text and server.admin.secret not in caplog.text
+
+
+def test_a_stop_held_up_by_an_open_http_connection_says_so(tmp_path, caplog):
+    server = TritonServer(ports=Ports(*launcher.free_ports(3)), run_dir=tmp_path, log_file=tmp_path / "log",
+                          exit_timeout_s=5)
+    with server:
+        keep_alive = http.client.HTTPConnection("127.0.0.1", server.ports.http, timeout=10)
+        keep_alive.request("GET", "/v2/health/ready")
+        keep_alive.getresponse().read()  # HTTP/1.1: the connection stays open after the answer
+        with caplog.at_level("WARNING", logger="iqa.launcher"):
+            server.stop()
+        keep_alive.close()
+    assert f"1 HTTP connection(s) to port {server.ports.http} are open" in caplog.text
+    assert "--exit-timeout-secs (5 s)" in caplog.text

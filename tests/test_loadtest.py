@@ -38,3 +38,11 @@ def test_the_step_shape_reports_each_step_and_the_knee(triton, tmp_path):
     top = max(float(r[1]) for r in rows)
     knee = re.search(r"knee \(p99 <= 60000 ms\): (\d+) users, ([\d.]+) req/s", summary.output)
     assert knee and float(knee[2]) == top and knee[1] in [r[0] for r in rows if float(r[1]) == top], summary.output
+
+
+def test_grpc_channel_options_reach_every_users_channel(triton, tmp_path):
+    # A send limit below every image's size: if the option reaches the channel, gRPC refuses each call.
+    summary = run_locust(triton.grpc_url, users=2, run_time_s=5, out=tmp_path / "reports", corpus=corpus_in(tmp_path),
+                         extra=["--grpc-channel-options", '{"grpc.max_send_message_length": 1024}'])
+    # (without the option the same run has no failures: test_a_short_locust_run_has_no_failures_...)
+    assert summary.requests > 0 and summary.failures == summary.requests, summary.line()

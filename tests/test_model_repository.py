@@ -3,6 +3,7 @@
 config.pbtxt files cannot import the contract, so this is where a drift between them fails.
 """
 
+import numpy as np
 import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
@@ -45,15 +46,27 @@ def test_the_ensemble_wires_preprocess_into_the_network(configs):
 
 def test_both_composing_models_batch_dynamically_within_the_ensembles_batch(configs):
     ensemble = configs[contract.ENSEMBLE_MODEL]
-    assert ensemble.max_batch_size > 0
+    assert ensemble.max_batch_size == configs[contract.PREPROCESS_MODEL].max_batch_size == contract.MAX_REQUEST_ROWS
+    assert configs[contract.NETWORK_MODEL].max_batch_size == contract.NETWORK_MAX_BATCH
     for model in (contract.PREPROCESS_MODEL, contract.NETWORK_MODEL):
         assert configs[model].HasField("dynamic_batching"), model
         assert configs[model].max_batch_size >= ensemble.max_batch_size, model
 
 
+def test_the_shared_memory_arithmetic_uses_the_served_shapes():
+    assert contract.PATCH_BYTES == int(np.prod(contract.PATCH_SHAPE))
+    assert contract.SHM_DEFAULT_BYTES >= contract.NETWORK_MAX_BATCH * contract.PATCH_BYTES  # the runner never grows
+    assert contract.SHM_LIMIT_BYTES >= (contract.PREPROCESS_INSTANCES * contract.shm_region_bound_bytes()
+                                        + contract.SHM_DEFAULT_BYTES)
+
+
 def test_the_network_is_the_production_libtorch_model_on_gpu_with_warmup(configs):
     network = configs[contract.NETWORK_MODEL]
-    assert network.backend == "pytorch_libtorch"
+    # `backend` is the backend Triton loads (backends/pytorch/libtriton_pytorch.so); "pytorch_libtorch"
+    # is a platform name, and as a backend name it fails the load (tests/test_server.py serves one).
+    assert (network.backend, network.platform) == ("pytorch", "pytorch_libtorch")
+    # No re-specialisation of the TorchScript graph at each new batch size (loadtest/first_batch.py).
+    assert network.parameters["DISABLE_OPTIMIZED_EXECUTION"].string_value == "true"
     assert [g.kind for g in network.instance_group] == [pb.ModelInstanceGroup.KIND_GPU]
     assert network.model_warmup and all(w.inputs[contract.NETWORK_INPUT].random_data for w in network.model_warmup)
     preprocess = configs[contract.PREPROCESS_MODEL]

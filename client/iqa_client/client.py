@@ -75,6 +75,31 @@ class Health:
     model: str
 
 
+ChannelOptions = Iterable[tuple[str, object]]
+
+
+def channel_arguments(options: ChannelOptions | None) -> list[tuple[str, object]]:
+    """gRPC channel arguments: tritonclient's own defaults, then `options` (a key given there wins).
+
+    tritonclient replaces all of its defaults (unlimited message sizes, keepalive) as soon as it is
+    given any channel argument; this keeps them and adds the caller's, e.g. client-side load
+    balancing over every replica behind a headless Kubernetes Service (docker/README.md):
+    url "dns:///iqa-triton-grpc.iqa.svc:8001", options [("grpc.lb_policy_name", "round_robin")].
+    Names and values: https://grpc.github.io/grpc/core/group__grpc__arg__keys.html
+    """
+    keepalive = grpcclient.KeepAliveOptions()
+    merged = {
+        "grpc.max_send_message_length": grpcclient.MAX_GRPC_MESSAGE_SIZE,
+        "grpc.max_receive_message_length": grpcclient.MAX_GRPC_MESSAGE_SIZE,
+        "grpc.keepalive_time_ms": keepalive.keepalive_time_ms,
+        "grpc.keepalive_timeout_ms": keepalive.keepalive_timeout_ms,
+        "grpc.keepalive_permit_without_calls": keepalive.keepalive_permit_without_calls,
+        "grpc.http2.max_pings_without_data": keepalive.http2_max_pings_without_data,
+    }
+    merged.update(dict(options or ()))
+    return list(merged.items())
+
+
 # --- what both clients share: request, response, errors ------------------------------------
 
 
@@ -161,18 +186,22 @@ class IQAClient:
 
     url: "host:port" of Triton's gRPC endpoint. timeout: default seconds per call, retries
     included. ssl/root_certificates/private_key/certificate_chain: TLS (PEM file paths).
-    headers: gRPC metadata sent with every call (auth tokens, routing). connect: check at once
-    that the server is live and serves the expected model (else ServerUnreachableError / ModelError).
+    headers: gRPC metadata sent with every call (auth tokens, routing). channel_options: gRPC channel
+    arguments added to tritonclient's defaults (channel_arguments(): load-balancing policy, keepalive, ...).
+    connect: check at once that the server is live and serves the expected model (else
+    ServerUnreachableError / ModelError).
     """
 
     def __init__(self, url: str = DEFAULT_URL, *, model: str = ENSEMBLE_MODEL, timeout: float = 30.0,
                  retry: RetryPolicy = RetryPolicy(), ssl: bool = False, root_certificates: str | None = None,
                  private_key: str | None = None, certificate_chain: str | None = None,
-                 headers: dict[str, str] | None = None, connect: bool = True) -> None:
+                 headers: dict[str, str] | None = None, channel_options: ChannelOptions | None = None,
+                 connect: bool = True) -> None:
         self.url, self.model, self.timeout, self.retry = url, model, timeout, retry
         self.headers = dict(headers or {})
         self._grpc = grpcclient.InferenceServerClient(url, ssl=ssl, root_certificates=root_certificates,
-                                                      private_key=private_key, certificate_chain=certificate_chain)
+                                                      private_key=private_key, certificate_chain=certificate_chain,
+                                                      channel_args=channel_arguments(channel_options))
         if connect:
             self.connect()
 
@@ -295,11 +324,12 @@ class AsyncIQAClient:
     def __init__(self, url: str = DEFAULT_URL, *, model: str = ENSEMBLE_MODEL, timeout: float = 30.0,
                  retry: RetryPolicy = RetryPolicy(), ssl: bool = False, root_certificates: str | None = None,
                  private_key: str | None = None, certificate_chain: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, channel_options: ChannelOptions | None = None) -> None:
         self.url, self.model, self.timeout, self.retry = url, model, timeout, retry
         self.headers = dict(headers or {})
         self._grpc = grpcaio.InferenceServerClient(url, ssl=ssl, root_certificates=root_certificates,
-                                                   private_key=private_key, certificate_chain=certificate_chain)
+                                                   private_key=private_key, certificate_chain=certificate_chain,
+                                                   channel_args=channel_arguments(channel_options))
 
     async def connect(self, timeout: float | None = None) -> None:
         """Check that the server is live and that the model is ready and is the expected contract."""

@@ -6,11 +6,13 @@
    wheel, or `tritonserver` on PATH;
 2. prepares the Python backend: the wheel ships the backend and one stub per
    Python version separately, so they are put together in .run/backends/;
-3. lays out a runtime copy of the repository in .run/model_repository/ (links to
-   the committed files) and adapts it to this machine: KIND_GPU -> KIND_CPU where
-   there is no GPU, and where the `pytorch_libtorch` backend is absent (everywhere
-   but the NGC image) `iqa_resnet50` is served from the same model.pt by a
-   Python-backend TorchScript runner (iqa.serving.torchscript_model);
+3. serves the shipped repository as it is: where the PyTorch backend (`libtriton_pytorch.so`,
+   NGC-only) is absent, a Python-based backend named `pytorch` (Triton's python_based_backends:
+   a `model.py` in backends/pytorch/ run by the Python backend) serves the same model.pt with
+   iqa.serving.torchscript_model, so `backend: "pytorch"` loads unchanged. A runtime copy in
+   .run/model_repository/ (links to the committed files) carries only the changes this machine
+   forces, each logged (MACHINE_CHANGES): without a GPU, KIND_GPU -> KIND_CPU and one preprocessing
+   instance;
 4. starts the server in explicit model-control mode with the model-repository API locked
    behind a per-run secret header, waits until every model is ready, and stops it cleanly on
    SIGINT / SIGTERM;
@@ -38,16 +40,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from iqa.contract import ENSEMBLE_MODEL, NETWORK_MODEL, PREPROCESS_MODEL
-from iqa.serving.watchdog import AdminAccess, HealthServer, Watchdog, answers_200
+from iqa.contract import ENSEMBLE_MODEL, NETWORK_MODEL, PREPROCESS_MODEL, SHM_DEFAULT_BYTES, SHM_GROWTH_BYTES
+from iqa.serving.watchdog import START_TIMEOUT_S, AdminAccess, HealthServer, Watchdog, answers_200
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_REPOSITORY = REPO / "model_repository"
 DEFAULT_RUN_DIR = REPO / ".run"
 MODELS = (PREPROCESS_MODEL, NETWORK_MODEL, ENSEMBLE_MODEL)
-# Room for a full dynamic batch of preprocess output (32 x 4 x 3 x 128 x 128 bytes = 6.3 MB)
-# in the Python backend's shared memory without growing it on the hot path.
-PYTHON_SHM_BYTES = 16 * 1024 * 1024
+
+# gRPC connections are closed (GOAWAY) after this long, in-flight calls get the grace to finish: a client
+# reconnects and so reaches replicas added since it connected (docker/README.md, "Load balancing gRPC").
+# The image's server command line carries the same values (tests/test_deploy.py checks).
+GRPC_MAX_CONNECTION_AGE_MS = 60_000
+GRPC_MAX_CONNECTION_AGE_GRACE_MS = 30_000  # the client's default timeout per call
 
 log = logging.getLogger("iqa.launcher")
 
@@ -94,20 +99,47 @@ def find_tritonserver(explicit: str | os.PathLike | None = None) -> Path:
     )
 
 
-def prepare_backends(binary: Path, run_dir: Path) -> Path:
-    """A backend directory whose Python backend has the stub for this interpreter beside it."""
+# What the Python-based backend `pytorch` runs where the real one is absent (backends/pytorch/model.py).
+_PYTORCH_BACKEND_MODEL_PY = '''"""Written by iqa.serving.launcher: a Python-based backend named `pytorch`.
+
+The PyTorch (libtorch) backend ships only in NVIDIA's NGC image. Here Triton's Python backend runs
+this file for every model whose config says `backend: "pytorch"`: the same model.pt, run by torch.
+"""
+from iqa.serving.torchscript_model import TritonPythonModel  # noqa: F401
+'''
+
+
+def prepare_backends(binary: Path, run_dir: Path) -> tuple[Path, list[str]]:
+    """A backend directory with a Python backend (stub for this interpreter beside it) and a `pytorch` backend.
+
+    Returns (directory, changes): where the server has its own PyTorch backend (the NGC image's
+    /opt/tritonserver/backends/pytorch/libtriton_pytorch.so) nothing is changed; elsewhere the Python-based
+    backend `pytorch` (Triton docs, "Python-based Backends") stands in for it, and the change says so.
+    Raises LaunchError when no Python-backend stub fits this interpreter.
+    """
     root = binary.resolve().parent.parent
-    if (root / "backends" / "python" / "triton_python_backend_stub").exists():
-        return root / "backends"  # a full install (the NGC image's /opt/tritonserver)
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
-    if not stub.exists():
-        raise LaunchError(f"no Python-backend stub for Python {version} beside {binary} (looked for {stub})")
+    installed = root / "backends"
+    full_install = (installed / "python" / "triton_python_backend_stub").exists()
+    if full_install and (installed / "pytorch" / "libtriton_pytorch.so").exists():
+        return installed, []  # the NGC image: every backend the repository names is there
     backends = run_dir / "backends"
     shutil.rmtree(backends, ignore_errors=True)
-    shutil.copytree(root / "backends" / "python", backends / "python", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy2(stub, backends / "python" / "triton_python_backend_stub")
-    return backends
+    backends.mkdir(parents=True)
+    if full_install:  # a Triton install without the PyTorch backend: link what it has
+        for entry in installed.iterdir():
+            if entry.name != "pytorch":
+                (backends / entry.name).symlink_to(entry)
+    else:  # the nvidia-pytriton wheel ships the Python backend and one stub per Python version apart
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+        if not stub.exists():
+            raise LaunchError(f"no Python-backend stub for Python {version} beside {binary} (looked for {stub})")
+        shutil.copytree(installed / "python", backends / "python", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy2(stub, backends / "python" / "triton_python_backend_stub")
+    (backends / "pytorch").mkdir()
+    (backends / "pytorch" / "model.py").write_text(_PYTORCH_BACKEND_MODEL_PY)
+    return backends, [f"backend pytorch: libtriton_pytorch.so absent (NGC-only), model.pt is served by the Python-based "
+                      f"backend {backends / 'pytorch' / 'model.py'} (iqa.serving.torchscript_model)"]
 
 
 def server_environment(binary: Path) -> dict[str, str]:
@@ -148,60 +180,6 @@ def gpu_count() -> int:
 
 # --- the runtime repository --------------------------------------------------------
 
-_RUNNER_MODEL_PY = '''"""Generated by iqa.serving.launcher: the libtorch backend is absent, model.pt is served by torch."""
-from iqa.serving.torchscript_model import TritonPythonModel  # noqa: F401
-'''
-
-
-def prepare_repository(source: Path, run_dir: Path, *, libtorch: bool, gpus: int,
-                       edit: Callable[[str, str], str] | None = None) -> tuple[Path, list[str]]:
-    """Link the repository into run_dir and adapt its configs to this machine; returns (path, changes made).
-
-    `edit(model, config_text) -> config_text`, if given, is applied last (benchmarks use it to
-    compare batching settings without touching the committed configs).
-    """
-    missing = [m for m in MODELS if not (source / m / "config.pbtxt").is_file()]
-    if missing:
-        raise LaunchError(f"{source} lacks the models {missing}")
-    model_pt = source / NETWORK_MODEL / "1" / "model.pt"
-    if not model_pt.is_file():
-        raise LaunchError(f"{model_pt} is missing: export it first with `make export` (python -m conversion.export)")
-
-    target = run_dir / "model_repository"
-    shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(source, target, copy_function=_link, ignore=shutil.ignore_patterns("__pycache__", "*.partial"))
-
-    changes = []
-    for model in MODELS:
-        config_path = target / model / "config.pbtxt"
-        config = config_path.read_text()
-        if model == NETWORK_MODEL and not libtorch:
-            config = config.replace('backend: "pytorch_libtorch"', 'backend: "python"')
-            (target / model / "1" / "model.py").write_text(_RUNNER_MODEL_PY)
-            changes.append(f"{model}: pytorch_libtorch backend absent, serving model.pt with the Python-backend "
-                           "TorchScript runner (iqa.serving.torchscript_model)")
-        if gpus == 0 and "KIND_GPU" in config:
-            config = config.replace("KIND_GPU", "KIND_CPU")
-            changes.append(f"{model}: no GPU on this machine, KIND_GPU -> KIND_CPU")
-        if gpus == 0 and model == PREPROCESS_MODEL:
-            # Several decode instances pay off only when a GPU runs the network (BENCHMARKS.md); on
-            # CPU the network takes ~90 % of the time and extra decoders only compete with it.
-            single = re.sub(r"count: *\d+", "count: 1", config)
-            if single != config:
-                config = single
-                changes.append(f"{model}: no GPU on this machine, one preprocessing instance")
-        if gpus == 0 and (fitted := cpu_queue_policy(config)) != config:
-            config = fitted
-            changes.append(f"{model}: no GPU on this machine, queue policy {CPU_QUEUE_SIZE} requests / "
-                           f"{CPU_QUEUE_TIMEOUT_US / 1e6:g} s")
-        if edit is not None and (edited := edit(model, config)) != config:
-            config = edited
-            changes.append(f"{model}: config edited for this run")
-        config_path.unlink()
-        config_path.write_text(config)
-    return target, changes
-
-
 # The queue policy for a machine without a GPU (BENCHMARKS.md "Queue policy"). There the network
 # serves ~12 img/s (two cores): a wait bound of 5 s holds 12 x 5 = 60 requests, rounded to 64. The
 # committed configs carry the GPU policy (1024 requests, 2 s), under which a CPU would let requests
@@ -219,6 +197,64 @@ def cpu_queue_policy(config: str) -> str:
     config = re.sub(r"(default_queue_policy\s*\{[^}]*?max_queue_size:\s*)\d+", rf"\g<1>{CPU_QUEUE_SIZE}", config)
     return re.sub(r"(default_queue_policy\s*\{[^}]*?default_timeout_microseconds:\s*)\d+",
                   rf"\g<1>{CPU_QUEUE_TIMEOUT_US}", config)
+
+
+# Every change the launcher may make to the shipped configs: what a machine without a GPU forces.
+# Anything else it serves is the committed file (tests/test_launcher.py serves the shipped files).
+MACHINE_CHANGES = (
+    "no GPU on this machine, KIND_GPU -> KIND_CPU",
+    "no GPU on this machine, one preprocessing instance",
+    f"no GPU on this machine, queue policy {CPU_QUEUE_SIZE} requests / {CPU_QUEUE_TIMEOUT_US / 1e6:g} s",
+)
+
+
+def prepare_repository(source: Path, run_dir: Path, *, gpus: int,
+                       edit: Callable[[str, str], str] | None = None) -> tuple[Path, list[str]]:
+    """Link the repository into run_dir, with the changes this machine forces; returns (path, changes made).
+
+    With a GPU the configs are served exactly as committed. Without one (MACHINE_CHANGES): KIND_GPU
+    instances become KIND_CPU, `iqa_preprocess` runs one instance instead of several (on a CPU the
+    network takes ~90 % of the time, so extra decoders only compete with it: BENCHMARKS.md), and both
+    composing models get the CPU's queue policy (cpu_queue_policy).
+    `edit(model, config_text) -> config_text`, if given, is applied last (benchmarks use it to
+    compare batching settings without touching the committed configs). Raises LaunchError when a
+    model or model.pt is missing.
+    """
+    missing = [m for m in MODELS if not (source / m / "config.pbtxt").is_file()]
+    if missing:
+        raise LaunchError(f"{source} lacks the models {missing}")
+    model_pt = source / NETWORK_MODEL / "1" / "model.pt"
+    if not model_pt.is_file():
+        raise LaunchError(f"{model_pt} is missing: export it first with `make export` (python -m conversion.export)")
+
+    target = run_dir / "model_repository"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(source, target, copy_function=_link, ignore=shutil.ignore_patterns("__pycache__", "*.partial"))
+
+    gpu_kind, one_decoder, cpu_queues = MACHINE_CHANGES
+    changes = []
+    for model in MODELS:
+        config_path = target / model / "config.pbtxt"
+        config = config_path.read_text()
+        served = config
+        if gpus == 0 and "KIND_GPU" in served:
+            served = served.replace("KIND_GPU", "KIND_CPU")
+            changes.append(f"{model}: {gpu_kind}")
+        if gpus == 0 and model == PREPROCESS_MODEL:
+            single = re.sub(r"count: *\d+", "count: 1", served)
+            if single != served:
+                served = single
+                changes.append(f"{model}: {one_decoder}")
+        if gpus == 0 and (fitted := cpu_queue_policy(served)) != served:
+            served = fitted
+            changes.append(f"{model}: {cpu_queues}")
+        if edit is not None and (edited := edit(model, served)) != served:
+            served = edited
+            changes.append(f"{model}: config edited for this run")
+        if served != config:
+            config_path.unlink()  # a link to the committed file: write the served copy beside it instead
+            config_path.write_text(served)
+    return target, changes
 
 
 def _link(src: str, dst: str) -> None:
@@ -256,16 +292,53 @@ def eager_twin(model_pt: Path):
     return build_model(seed=metadata["random_init_seed"])
 
 
-def check_ports_free(ports: Ports) -> None:
-    for name, port in ports.named().items():
+def busy_ports(ports: dict[str, int], host: str = "0.0.0.0") -> dict[str, int]:
+    """The named ports (name -> port) that a server could not bind on `host` right now.
+
+    Binds as tritonserver's HTTP, gRPC and metrics servers and the watchdog's health server do, with
+    SO_REUSEADDR: a port held by a listener is busy, one left in TIME-WAIT by a stopped server's
+    connections is not (the server itself binds it at once, so a check without SO_REUSEADDR refused a
+    restart that would have worked). Port 0 (pick a free one) is never busy.
+    """
+    busy = {}
+    for name, port in ports.items():
+        if port == 0:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
-                sock.bind(("0.0.0.0", port))
+                sock.bind((host, port))
             except OSError:
-                raise LaunchError(
-                    f"port {port} ({name}) is already in use: stop what holds it "
-                    f"(`ss -ltnp 'sport = :{port}'`) or pass --{name.lower()}-port"
-                ) from None
+                busy[name] = port
+    return busy
+
+
+def check_ports_free(ports: dict[str, int]) -> None:
+    """Raise LaunchError naming every busy port at once, with how to find its holder and pick another."""
+    busy = busy_ports(ports)
+    if busy:
+        listing = ", ".join(f"port {port} ({name})" for name, port in busy.items())
+        options = " ".join(f"--{name.lower()}-port N" for name in busy)
+        raise LaunchError(
+            f"{listing} {'is' if len(busy) == 1 else 'are'} already in use: stop what holds "
+            f"{'it' if len(busy) == 1 else 'them'} (`ss -ltnp 'sport = :{next(iter(busy.values()))}'`) or choose "
+            f"other ports: {options} (make serve SERVE_ARGS='{options}')")
+
+
+def tcp_states(port: int) -> list[str]:
+    """States of this machine's TCP sockets on local `port`, as Linux /proc/net/tcp{,6} codes
+    ("01" ESTABLISHED, "06" TIME_WAIT, "0A" LISTEN, ...)."""
+    states = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                states.append(fields[3])
+    return states
 
 
 # --- the server --------------------------------------------------------------------
@@ -284,7 +357,7 @@ class TritonServer:
     ports: Ports = field(default_factory=Ports)
     tritonserver: str | None = None
     exit_timeout_s: int = 30
-    ready_timeout_s: float = 180.0
+    ready_timeout_s: float = START_TIMEOUT_S
     log_verbose: int = 0
     log_file: Path | None = None  # server output; None: inherit this process's stdout/stderr
     extra_args: list[str] = field(default_factory=list)
@@ -295,6 +368,7 @@ class TritonServer:
     health_port: int = 8003
     admin: AdminAccess = field(default_factory=AdminAccess)  # the secret for load / unload
     process: subprocess.Popen | None = None
+    command_line: list[str] = field(default_factory=list)  # what start() ran (holds the admin secret: never log it)
     trained: bool = False  # set at start from the record inside model.pt
     guard: Watchdog | None = None
     health: HealthServer | None = None
@@ -316,11 +390,10 @@ class TritonServer:
         """Prepare backends and repository; return the server's command line and environment."""
         binary = find_tritonserver(self.tritonserver)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        backends = prepare_backends(binary, self.run_dir)
-        libtorch = (backends / "pytorch").is_dir()
-        repository, changes = prepare_repository(self.repository, self.run_dir, libtorch=libtorch, gpus=gpu_count(),
-                                                  edit=self.config_edit)
-        for change in changes:
+        backends, backend_changes = prepare_backends(binary, self.run_dir)
+        repository, changes = prepare_repository(self.repository, self.run_dir, gpus=gpu_count(),
+                                                 edit=self.config_edit)
+        for change in backend_changes + changes:
             log.info("%s", change)
         self.trained = self._log_weights(self.repository / NETWORK_MODEL / "1" / "model.pt")
         args = [
@@ -331,6 +404,8 @@ class TritonServer:
             f"--grpc-port={self.ports.grpc}",
             f"--metrics-port={self.ports.metrics}",
             f"--exit-timeout-secs={self.exit_timeout_s}",
+            f"--grpc-max-connection-age={GRPC_MAX_CONNECTION_AGE_MS}",
+            f"--grpc-max-connection-age-grace={GRPC_MAX_CONNECTION_AGE_GRACE_MS}",
             f"--log-verbose={self.log_verbose}",
             "--strict-readiness=true",
             # Explicit mode loads everything at start, as "none" would, and lets the watchdog reload a
@@ -341,7 +416,9 @@ class TritonServer:
             # The configs are complete: without auto-complete the Python backend starts no extra stub
             # per model at load, which takes seconds off every (re)load.
             "--disable-auto-complete-config",
-            f"--backend-config=python,shm-default-byte-size={PYTHON_SHM_BYTES}",
+            # Region sizes derived in iqa/contract.py (the Docker image passes the same).
+            f"--backend-config=python,shm-default-byte-size={SHM_DEFAULT_BYTES}",
+            f"--backend-config=python,shm-growth-byte-size={SHM_GROWTH_BYTES}",
             # Shared-memory regions are named per server, so several servers can share a machine.
             f"--backend-config=python,shm-region-prefix-name=iqa_{os.getpid()}_{self.ports.grpc}_",
             *self.extra_args,
@@ -361,8 +438,9 @@ class TritonServer:
         return bool(metadata.get("trained"))
 
     def start(self) -> TritonServer:
-        check_ports_free(self.ports)
+        check_ports_free(self.ports.named() | ({"health": self.health_port} if self.watchdog else {}))
         args, env = self.command()
+        self.command_line = args
         log.info("starting %s", " ".join(args).replace(self.admin.secret, "<admin secret>"))
         output = open(self.log_file, "ab") if self.log_file else None
         try:
@@ -376,7 +454,8 @@ class TritonServer:
 
     def wait_ready(self) -> None:
         """Block until the server and every model answer ready; raise LaunchError if it dies or stalls."""
-        deadline = time.monotonic() + self.ready_timeout_s
+        started = time.monotonic()
+        deadline = started + self.ready_timeout_s
         urls = [f"http://{self.http_url}/v2/health/ready"] + [
             f"http://{self.http_url}/v2/models/{m}/ready" for m in MODELS]
         while time.monotonic() < deadline:
@@ -385,8 +464,8 @@ class TritonServer:
                 where = f" (its log: {self.log_file})" if self.log_file else ""
                 raise LaunchError(f"tritonserver exited with code {code} before it was ready{where}")
             if all(answers_200(url) for url in urls):
-                log.info("ready: gRPC %s, HTTP %s, metrics 127.0.0.1:%d",
-                         self.grpc_url, self.http_url, self.ports.metrics)
+                log.info("ready %.1f s after start (models loaded and warmed up): gRPC %s, HTTP %s, metrics 127.0.0.1:%d",
+                         time.monotonic() - started, self.grpc_url, self.http_url, self.ports.metrics)
                 return
             time.sleep(0.5)
         self.stop()
@@ -420,6 +499,16 @@ class TritonServer:
         if self.process is None or self.process.poll() is not None:
             return None if self.process is None else self.process.returncode
         self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            pass
+        # Triton 2.51 waits, up to its exit timeout, for open HTTP connections to close before it stops.
+        waiting = tcp_states(self.ports.http).count("01")  # ESTABLISHED
+        if waiting:
+            log.warning("tritonserver drains: %d HTTP connection(s) to port %d are open (a keep-alive client such as "
+                        "a browser or a client session), and Triton waits up to --exit-timeout-secs (%d s) for them "
+                        "to close; close them to stop sooner", waiting, self.ports.http, self.exit_timeout_s)
         try:
             return self.process.wait(timeout=self.exit_timeout_s + 15)
         except subprocess.TimeoutExpired:
@@ -463,16 +552,20 @@ def score_sample(grpc_url: str, image: Path) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Serve model_repository/ with a local tritonserver.")
-    parser.add_argument("--model-repository", type=Path, default=DEFAULT_REPOSITORY)
-    parser.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR, help="where the runtime copy goes")
-    parser.add_argument("--tritonserver", help="path to the tritonserver binary (default: wheel, then PATH)")
-    parser.add_argument("--http-port", type=int, default=8000)
-    parser.add_argument("--grpc-port", type=int, default=8001)
-    parser.add_argument("--metrics-port", type=int, default=8002)
+    parser = argparse.ArgumentParser(
+        description="Serve model_repository/ with a local tritonserver (make serve SERVE_ARGS='...' passes these).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model-repository", type=Path, default=DEFAULT_REPOSITORY, help="the repository to serve")
+    parser.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR,
+                        help="where the runtime copy of the repository and the backends go")
+    parser.add_argument("--tritonserver", help="path to the tritonserver binary (default: $IQA_TRITONSERVER, "
+                        "the nvidia-pytriton wheel, then PATH)")
+    parser.add_argument("--http-port", type=int, default=8000, help="Triton's HTTP/REST port")
+    parser.add_argument("--grpc-port", type=int, default=8001, help="Triton's gRPC port (what clients use)")
+    parser.add_argument("--metrics-port", type=int, default=8002, help="Triton's Prometheus metrics port")
     parser.add_argument("--health-port", type=int, default=8003, help="the watchdog's /ready and /live")
     parser.add_argument("--exit-timeout", type=int, default=30, help="seconds Triton waits for in-flight requests")
-    parser.add_argument("--log-verbose", type=int, default=0)
+    parser.add_argument("--log-verbose", type=int, default=0, help="Triton's --log-verbose level")
     parser.add_argument("--sample", type=Path, help="score this image through the ensemble once ready")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -480,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
     server = TritonServer(repository=args.model_repository, run_dir=args.run_dir,
                           ports=Ports(args.http_port, args.grpc_port, args.metrics_port),
                           tritonserver=args.tritonserver, exit_timeout_s=args.exit_timeout,
-                          log_verbose=args.log_verbose, health_port=args.health_port)
+                          log_verbose=args.log_verbose, watchdog=True, health_port=args.health_port)
 
     stopping = False
 

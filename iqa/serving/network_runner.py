@@ -39,7 +39,9 @@ class NetworkRunner:
     """Calls a scripted network on uint8 patch batches [N, K, 3, P, P]: a list of [N, 1] fp32 score tensors."""
 
     def __init__(self, model: torch.nn.Module, device: torch.device, precision: str = "fp32",
-                 channels_last: bool = False, graph_sizes: list[int] | None = None):
+                 channels_last: bool = False, graph_sizes: list[int] | None = None,
+                 inference_mode: bool = True, optimized: bool = True):
+        self.inference_mode, self.optimized = inference_mode, optimized  # the libtorch backend's switches
         if precision not in ("fp32", "fp16"):
             raise ValueError(f"precision must be fp32 or fp16, not {precision!r}")
         self.device = device
@@ -53,7 +55,8 @@ class NetworkRunner:
     def __call__(self, batch: torch.Tensor) -> list[torch.Tensor]:
         rows = batch.shape[0]
         size = padded_size(rows, self.graph_sizes) if self.graph_sizes else None
-        with torch.inference_mode():
+        grad_off = torch.inference_mode() if self.inference_mode else torch.no_grad()
+        with grad_off, torch.jit.optimized_execution(self.optimized):
             if size is None:
                 return [s.float() for s in self.model(batch)]
             graph, static_in, static_out = self._graph(size, batch.shape[1:], batch.dtype)

@@ -1,9 +1,18 @@
-"""Python-backend stand-in for the `pytorch_libtorch` backend, serving the same model.pt.
+"""The Python-based backend `pytorch`: serves model.pt where NVIDIA's PyTorch backend is absent.
 
-The libtorch backend ships only in NVIDIA's NGC container. Elsewhere the
-launcher puts a one-line model.py that imports this class beside model.pt and
-switches `iqa_resnet50` to `backend: "python"`: same config, same tensors,
-same TorchScript file, run by the torch in the server's Python environment.
+The PyTorch (libtorch) backend ships only in NVIDIA's NGC container. Elsewhere the launcher
+(iqa/serving/launcher.py) installs a Python-based backend named `pytorch` whose model.py imports
+this class, so the committed `iqa_resnet50` config (`backend: "pytorch"`) loads unchanged: same
+tensors, same batching, same TorchScript file, run by the torch in the server's Python environment.
+
+It honours the PyTorch backend's parameters the repository sets, with the same meaning
+(github.com/triton-inference-server/pytorch_backend, README "Parameters"):
+  DISABLE_OPTIMIZED_EXECUTION "true": run the TorchScript graph without the JIT's graph-executor
+      optimisations (torch.jit.optimized_execution(False), as the backend's setGraphExecutorOptimize);
+  INFERENCE_MODE "true" (the default): run under torch.inference_mode.
+Local only (iqa/serving/network_runner.py): `precision` "fp16" serves the network in half precision
+(loadtest/bench.py --fp16), `channels_last` "true" runs its convolutions in NHWC, and `cuda_graphs`
+("1,2,4,8,16,32") replays CUDA graphs of those batch sizes on a GPU.
 """
 
 import json
@@ -17,6 +26,17 @@ from iqa.contract import NETWORK_INPUT, NETWORK_OUTPUTS
 from iqa.serving.network_runner import NetworkRunner, parse_sizes
 
 
+def _parameter(config: dict, key: str, default: str) -> str:
+    return config.get("parameters", {}).get(key, {}).get("string_value", default)
+
+
+def _flag(config: dict, key: str, default: bool) -> bool:
+    value = _parameter(config, key, str(default).lower()).strip().lower()
+    if value not in ("true", "false"):
+        raise pb_utils.TritonModelException(f"parameter {key} must be \"true\" or \"false\", not {value!r}")
+    return value == "true"
+
+
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
@@ -24,13 +44,15 @@ class TritonPythonModel:
         self.device = torch.device(f"cuda:{args['model_instance_device_id']}" if on_gpu else "cpu")
         path = os.path.join(args["model_repository"], args["model_version"], "model.pt")
         self.model = torch.jit.load(path, map_location=self.device).eval()
-        # parameters: precision (fp32 | fp16), channels_last, cuda_graphs (iqa.serving.network_runner).
-        parameters = {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
+        # parameters: the libtorch backend's INFERENCE_MODE and DISABLE_OPTIMIZED_EXECUTION, and the runner's
+        # precision (fp32 | fp16), channels_last, cuda_graphs (iqa.serving.network_runner).
+        sizes = _parameter(config, "cuda_graphs", "")
         try:
-            graph_sizes = parse_sizes(parameters["cuda_graphs"]) if parameters.get("cuda_graphs") else None
-            self.runner = NetworkRunner(self.model, self.device, parameters.get("precision", "fp32"),
-                                        channels_last=parameters.get("channels_last", "false") == "true",
-                                        graph_sizes=graph_sizes)
+            self.runner = NetworkRunner(self.model, self.device, _parameter(config, "precision", "fp32"),
+                                        channels_last=_flag(config, "channels_last", False),
+                                        graph_sizes=parse_sizes(sizes) if sizes else None,
+                                        inference_mode=_flag(config, "INFERENCE_MODE", True),
+                                        optimized=not _flag(config, "DISABLE_OPTIMIZED_EXECUTION", False))
         except ValueError as err:
             raise pb_utils.TritonModelException(str(err)) from None
         self.output_names = [output["name"] for output in config["output"]]
@@ -49,4 +71,3 @@ class TritonPythonModel:
             responses.append(pb_utils.InferenceResponse(tensors))
             start += size
         return responses
-

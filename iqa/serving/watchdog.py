@@ -47,6 +47,14 @@ from iqa.contract import ENSEMBLE_MODEL, IMAGE_INPUT, OVERLOAD_MESSAGES, SCORE_N
 log = logging.getLogger("iqa.watchdog")
 
 STUB_BINARY = "triton_python_backend_stub"
+# Seconds a server may take from start to its first ready (load every model, warm the network up):
+# the watchdog's --start-timeout, the launcher's wait, the image's HEALTHCHECK start period and the
+# Kubernetes startupProbe's budget (periodSeconds x failureThreshold) are all this one value
+# (tests/test_deploy.py checks). Measured: 2.5-3.0 s from start to ready on a 2-vCPU VM (the launcher's
+# "ready N s after start" log line, 3 starts); a GPU node adds CUDA context creation and cuDNN
+# initialisation (seconds), the NGC image's figure is unmeasured. 40x the measured time covers those
+# and a slow, busy node, and still stops a server that will never come up within two minutes.
+START_TIMEOUT_S = 120
 _UNHEALTHY_STUB = re.compile(r"Stub process '(?P<instance>[^']+)' is not healthy")
 # Triton's APIs that change what the server serves or reads: only the watchdog may call them.
 RESTRICTED_HTTP = "model-repository,shared-memory,trace,logging"
@@ -352,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Run tritonserver under the watchdog: python3 -m iqa.serving.watchdog [options] -- tritonserver ...")
     parser.add_argument("--health-port", type=int, default=8003)
     parser.add_argument("--http-port", type=int, default=8000, help="tritonserver's --http-port (for probes)")
-    parser.add_argument("--start-timeout", type=float, default=600, help="seconds to wait for the first ready")
+    parser.add_argument("--start-timeout", type=float, default=START_TIMEOUT_S,
+                        help="seconds to wait for the first ready (default: %(default)s)")
     parser.add_argument("--give-up-after", type=float, default=60,
                         help="seconds not ready before /live fails and the server is stopped")
     parser.add_argument("server", nargs=argparse.REMAINDER, help="-- then the tritonserver command line")

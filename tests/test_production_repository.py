@@ -1,0 +1,121 @@
+"""The shipped model_repository/ as the real tritonserver serves it: what loads, and its limits.
+
+The production image serves these files unchanged; locally the launcher may change only what the
+machine forces (launcher.MACHINE_CHANGES). These tests read back what the running server serves.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from google.protobuf import json_format, text_format
+from tritonclient.grpc import model_config_pb2 as pb
+from tritonclient.utils import InferenceServerException
+
+from iqa import contract
+from iqa.serving import launcher
+from iqa.serving.launcher import LaunchError, Ports, TritonServer, free_ports
+from tests.conftest import DATA, image_tensor
+from tests.test_launcher import _with_machine_changes
+
+
+@pytest.fixture(scope="module")
+def client(triton):
+    with grpcclient.InferenceServerClient(triton.grpc_url) as client:
+        yield client
+
+
+def served_config(client, model: str) -> pb.ModelConfig:
+    return json_format.ParseDict(client.get_model_config(model, as_json=True)["config"], pb.ModelConfig(),
+                                 ignore_unknown_fields=True)
+
+
+@pytest.mark.parametrize("model", launcher.MODELS)
+def test_the_server_serves_the_shipped_config_with_only_the_machine_changes(client, model):
+    committed = text_format.Parse((launcher.DEFAULT_REPOSITORY / model / "config.pbtxt").read_text(), pb.ModelConfig())
+    # Without a GPU (this machine, CI) the documented changes apply; with one, none may.
+    expected = _with_machine_changes(committed, model) if launcher.gpu_count() == 0 else committed
+    # Triton fills in what the file leaves out (defaults, instance group names): every field the file
+    # sets must be served as set.
+    assert_contains(served_config(client, model), expected, model)
+
+
+def assert_contains(served, expected, path: str) -> None:
+    """Every field set in the protobuf message `expected` has the same value in `served`, recursively."""
+    for field, value in expected.ListFields():
+        where, got = f"{path}.{field.name}", getattr(served, field.name)
+        if field.message_type is None:
+            assert got == value, where
+        elif field.message_type.GetOptions().map_entry:
+            assert set(got) == set(value), where
+            for key in value:
+                if field.message_type.fields_by_name["value"].message_type is None:
+                    assert got[key] == value[key], f"{where}[{key}]"
+                else:
+                    assert_contains(got[key], value[key], f"{where}[{key}]")
+        elif field.is_repeated:
+            assert len(got) == len(value), where
+            for index, (got_item, item) in enumerate(zip(got, value)):
+                assert_contains(got_item, item, f"{where}[{index}]")
+        else:
+            assert_contains(got, value, where)
+
+
+def test_the_network_is_served_by_a_backend_named_pytorch(client):
+    network = served_config(client, contract.NETWORK_MODEL)
+    assert (network.backend, network.platform) == ("pytorch", "pytorch_libtorch")
+
+
+def test_a_platform_name_given_as_the_backend_fails_the_load(tmp_path):
+    """What the repository shipped before: `backend: "pytorch_libtorch"` names no backend, and Triton exits."""
+    source = tmp_path / "repository"
+    shutil.copytree(launcher.DEFAULT_REPOSITORY, source, symlinks=False)
+    config = source / contract.NETWORK_MODEL / "config.pbtxt"
+    config.write_text(config.read_text().replace('backend: "pytorch"', 'backend: "pytorch_libtorch"'))
+    log = tmp_path / "tritonserver.log"
+    server = TritonServer(repository=source, run_dir=tmp_path / "run", ports=Ports(*free_ports(3)), log_file=log,
+                          exit_timeout_s=5, ready_timeout_s=120)
+    with pytest.raises(LaunchError, match="exited with code 1 before it was ready"):
+        with server:
+            pass
+    assert "unable to find backend library for backend 'pytorch_libtorch'" in log.read_text()
+
+
+def _largest_image() -> bytes:
+    """A valid JPEG of exactly MAX_IMAGE_BYTES: a photo followed by padding, which decoders ignore after EOI."""
+    photo = (DATA / "sheep.jpg").read_bytes()
+    return photo + bytes(contract.MAX_IMAGE_BYTES - len(photo))
+
+
+def _shm_regions(triton: TritonServer) -> dict[str, int]:
+    """This server's Python-backend regions in /dev/shm -> size in bytes (named by the launcher's prefix)."""
+    prefix = next(a for a in triton.command_line if "shm-region-prefix-name=" in a).rsplit("=", 1)[1]
+    return {entry.name: entry.stat().st_size for entry in os.scandir("/dev/shm") if entry.name.startswith(prefix)}
+
+
+def test_the_largest_accepted_request_succeeds_within_the_shared_memory_budget(client, triton):
+    rows = [_largest_image()] * contract.MAX_REQUEST_ROWS
+    result = client.infer(contract.ENSEMBLE_MODEL, [image_tensor(rows)], client_timeout=600)
+    for name in contract.SCORE_NAMES:
+        scores = result.as_numpy(name)
+        assert scores.shape == (contract.MAX_REQUEST_ROWS, 1) and np.all((scores >= 0) & (scores <= 1))
+    regions = _shm_regions(triton)
+    assert regions, "no Python-backend region found in /dev/shm"
+    largest = max(regions.values())
+    # The region that held the request grew to it and stays within the bound the /dev/shm size is derived from.
+    assert contract.MAX_REQUEST_ROWS * contract.MAX_IMAGE_BYTES <= largest <= contract.shm_region_bound_bytes()
+    # In production: that many preprocess instances, each as large at worst, and the other regions.
+    projected = contract.PREPROCESS_INSTANCES * largest + sum(regions.values()) - largest
+    assert projected <= contract.SHM_LIMIT_BYTES
+
+
+def test_a_request_of_more_rows_than_the_limit_is_refused_by_the_server(client):
+    rows = [(DATA / "sheep.jpg").read_bytes()] * (contract.MAX_REQUEST_ROWS + 1)
+    with pytest.raises(InferenceServerException) as refused:
+        client.infer(contract.ENSEMBLE_MODEL, [image_tensor(rows)], client_timeout=60)
+    assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert f"must be <= {contract.MAX_REQUEST_ROWS}" in refused.value.message()
