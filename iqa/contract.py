@@ -46,6 +46,14 @@ MAX_IMAGE_BYTES = 32 * 1024 * 1024  # encoded size
 MAX_IMAGE_PIXELS = 64_000_000  # decoded width * height (decompression bombs)
 MIN_IMAGE_SIDE = 32  # below this there is no texture to judge
 
+# --- decode memory ------------------------------------------------------------------
+# Decoded pixels in flight at once in one iqa_preprocess instance (iqa/decode_budget.py): one
+# picture of the largest size, or many smaller ones; a decode that does not fit waits, never fails.
+# A full decode holds ~14 bytes a pixel at its peak for RGB (Pillow's 4-byte image, its RGB copy,
+# the numpy array and the bytes it is built from; ~22 for RGBA, composited over white), so an
+# instance's decoding stays near 0.9-1.4 GiB (tests/test_decode_budget.py measures its stub).
+DECODE_PIXEL_BUDGET = MAX_IMAGE_PIXELS
+
 # --- batch sizes --------------------------------------------------------------------
 # Rows (encoded images) per request of the ensemble, and per execution of iqa_preprocess: a dynamic
 # batch of preprocess holds at most this many images, whatever requests they came in. It bounds the

@@ -19,6 +19,7 @@ try:
 except ImportError:
     pillow_heif = None
 
+from iqa import jpeg_regions
 from iqa.contract import (
     ACCEPTED_FORMATS,
     MAX_IMAGE_BYTES,
@@ -28,6 +29,7 @@ from iqa.contract import (
     PATCH_SHAPE,
     PATCH_SIZE,
 )
+from iqa.decode_budget import DECODE_BUDGET
 
 # Pillow probes only the formats the service promises (ACCEPTED_FORMATS, DESIGN.md): rarely used,
 # less hardened decoders stay away from network input. "JPEG" also opens the multi-picture (MPO)
@@ -93,9 +95,12 @@ def decode(data: bytes) -> np.ndarray:
                 )
             # Opening stands on the picture a viewer shows: the first frame of animations and page
             # sets, the primary image of a HEIF collection (not always its first, so no seek(0)).
-            image.load()
-            image = ImageOps.exif_transpose(image)
-            return _to_rgb(image)
+            with DECODE_BUDGET.hold(width * height):  # waits while other threads hold many pixels
+                image.load()
+                ImageOps.exif_transpose(image, in_place=True)  # not a copy of the whole picture
+                rgb = _to_rgb(image)
+                image.close()  # Pillow's pixels go before the budget is released; the array stays
+            return rgb
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -166,14 +171,17 @@ def sample_patches(rgb: np.ndarray) -> np.ndarray:
             mode="symmetric",
         )
         height, width = rgb.shape[:2]
-    rows, cols = PATCH_GRID
     patches = np.empty(PATCH_SHAPE, dtype=np.uint8)
-    for index in range(rows * cols):
-        row, col = divmod(index, cols)
-        top = _cell_origin(row, rows, height)
-        left = _cell_origin(col, cols, width)
+    for index, (top, left) in enumerate(patch_origins(height, width)):
         patches[index] = rgb[top : top + PATCH_SIZE, left : left + PATCH_SIZE].transpose(2, 0, 1)
     return patches
+
+
+def patch_origins(height: int, width: int) -> list[tuple[int, int]]:
+    """(top, left) of each patch in a picture of at least PATCH_SIZE on both sides, row by row."""
+    rows, cols = PATCH_GRID
+    return [(_cell_origin(row, rows, height), _cell_origin(col, cols, width))
+            for row in range(rows) for col in range(cols)]
 
 
 def _cell_origin(cell: int, cells: int, extent: int) -> int:
@@ -182,5 +190,10 @@ def _cell_origin(cell: int, cells: int, extent: int) -> int:
 
 
 def preprocess(data: bytes) -> np.ndarray:
-    """Encoded image bytes -> the network's input for one image, uint8 [K, 3, P, P]."""
-    return sample_patches(decode(data))
+    """Encoded image bytes -> the network's input for one image, uint8 [K, 3, P, P].
+
+    Large JPEGs decode only the bands around their patches (iqa.jpeg_regions; identical patches);
+    everything else, and every error, goes through decode() and sample_patches().
+    """
+    patches = jpeg_regions.sample_patches(data, patch_origins)
+    return patches if patches is not None else sample_patches(decode(data))

@@ -5,7 +5,7 @@
 `--concurrency` clients (default 80: ten times the 8 that saturate the ensemble on this 2-core VM,
 BENCHMARKS.md) score the test photos through the ensemble without retries for `--duration`. Prints
 the refusals by status and message, the latency of accepted requests (the wait is bounded by the
-queue policy: 64 requests and 5 s per composing model), wrong answers, and whether the server is
+queue policy: 64 requests and 5 s per composing model without a GPU), wrong answers, and whether the server is
 still live and ready. Uses --url, else starts the local server for the run. Exits 1 on a wrong answer,
 a refusal other than UNAVAILABLE, or a server that did not survive.
 """

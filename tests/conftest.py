@@ -22,14 +22,19 @@ def photos() -> dict[str, bytes]:
     return {p.stem: p.read_bytes() for p in sorted(DATA.glob("*.jpg"))}
 
 
+def serve(tmp_path_factory, name: str, config_edit=None) -> TritonServer:
+    """The repository, its configs edited by `config_edit(model, text)` if given, for the real tritonserver
+    on free ports (a context manager: it starts on entry, stops on exit)."""
+    run_dir = tmp_path_factory.mktemp(name)
+    return TritonServer(ports=Ports(*free_ports(3)), run_dir=run_dir, log_file=run_dir / "tritonserver.log",
+                        exit_timeout_s=10, config_edit=config_edit)
+
+
 @pytest.fixture(scope="session")
 def triton(tmp_path_factory) -> TritonServer:
     """The repository served by the real tritonserver on free ports, for the whole session."""
     logging.basicConfig(level=logging.INFO)
-    run_dir = tmp_path_factory.mktemp("triton")
-    server = TritonServer(ports=Ports(*free_ports(3)), run_dir=run_dir, log_file=run_dir / "tritonserver.log",
-                          exit_timeout_s=10)
-    with server:
+    with serve(tmp_path_factory, "triton") as server:
         yield server
     print(f"tritonserver log: {server.log_file}")
 

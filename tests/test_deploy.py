@@ -370,7 +370,8 @@ def test_image_pins_are_the_projects():
     export_stage, runtime = pip_pins(DOCKERFILE)
     for name in ("torch", "torchvision", "numpy", "pillow"):
         assert export_stage[name] == project[name], name
-    assert runtime == {name: project[name] for name in ("numpy", "pillow", "pillow-heif")}, \
+    served = ("numpy", "pillow", "pillow-heif", "nvidia-nvimgcodec-cu13")
+    assert runtime == {name: project[name] for name in served}, \
         "the runtime installs exactly what iqa.preprocess imports, at the project's pins"
     assert int(runtime["numpy"].split(".")[0]) < 2, "numpy 2 empties Python-backend outputs"
     (locust,) = pip_pins(LOCUST_DOCKERFILE)

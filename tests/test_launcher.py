@@ -1,6 +1,7 @@
 """The local launcher's own decisions, checked without starting a server."""
 
 import http.client
+import re
 import signal
 import socket
 import subprocess
@@ -111,6 +112,9 @@ def _with_machine_changes(committed: pb.ModelConfig, model: str) -> pb.ModelConf
             group.kind = pb.ModelInstanceGroup.KIND_CPU
         if model == PREPROCESS_MODEL:
             group.count = 1
+    if expected.dynamic_batching.HasField("default_queue_policy"):
+        expected.dynamic_batching.default_queue_policy.max_queue_size = launcher.CPU_QUEUE_SIZE
+        expected.dynamic_batching.default_queue_policy.default_timeout_microseconds = launcher.CPU_QUEUE_TIMEOUT_US
     return expected
 
 
@@ -121,7 +125,9 @@ def test_without_a_gpu_only_the_documented_machine_changes_are_made(tmp_path):
         served = _parsed((repository / model / "config.pbtxt").read_text())
         assert served == _with_machine_changes(committed, model), model
     assert sorted(changes) == sorted([f"{NETWORK_MODEL}: {launcher.MACHINE_CHANGES[0]}",
-                                      f"{PREPROCESS_MODEL}: {launcher.MACHINE_CHANGES[1]}"])
+                                      f"{PREPROCESS_MODEL}: {launcher.MACHINE_CHANGES[1]}",
+                                      f"{PREPROCESS_MODEL}: {launcher.MACHINE_CHANGES[2]}",
+                                      f"{NETWORK_MODEL}: {launcher.MACHINE_CHANGES[2]}"])
     # the network keeps its production backend: no model.py of its own, nothing rewritten to python
     assert _parsed((repository / NETWORK_MODEL / "config.pbtxt").read_text()).backend == "pytorch"
     assert not (repository / NETWORK_MODEL / "1" / "model.py").exists()
@@ -167,6 +173,24 @@ def test_an_install_without_the_pytorch_backend_keeps_its_backends_and_gains_the
     assert (backends / "onnxruntime").resolve() == (tmp_path / "opt" / "backends" / "onnxruntime").resolve()
     assert (backends / "python" / "triton_python_backend_stub").exists()
     assert (backends / "pytorch" / "model.py").is_file() and changes
+
+
+def test_without_a_gpu_the_queues_fit_the_cpu_and_refuse_with_the_same_words(tmp_path):
+    repository, changes = launcher.prepare_repository(launcher.DEFAULT_REPOSITORY, tmp_path, gpus=0)
+    for model in (launcher.PREPROCESS_MODEL, launcher.NETWORK_MODEL):
+        served = (repository / model / "config.pbtxt").read_text()
+        assert re.search(rf"max_queue_size: {launcher.CPU_QUEUE_SIZE}\n", served), model
+        assert re.search(rf"default_timeout_microseconds: {launcher.CPU_QUEUE_TIMEOUT_US}\n", served), model
+        assert "timeout_action: REJECT" in served  # refusals stay UNAVAILABLE (tests/test_overload.py)
+        assert any(c.startswith(f"{model}: no GPU on this machine, queue policy") for c in changes)
+
+
+def test_the_cpu_queue_policy_touches_only_the_queue_policy():
+    config = ("dynamic_batching {\n  max_queue_delay_microseconds: 500\n  default_queue_policy {\n"
+              "    max_queue_size: 1024\n    default_timeout_microseconds: 2000000\n    timeout_action: REJECT\n  }\n}\n")
+    assert launcher.cpu_queue_policy(config) == config.replace("1024", str(launcher.CPU_QUEUE_SIZE)).replace(
+        "2000000", str(launcher.CPU_QUEUE_TIMEOUT_US))
+    assert launcher.cpu_queue_policy('name: "x"\nmax_batch_size: 8\n') == 'name: "x"\nmax_batch_size: 8\n'
 
 
 def test_a_repository_without_model_pt_asks_for_the_export(tmp_path):

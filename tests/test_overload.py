@@ -17,9 +17,9 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from iqa.contract import ENSEMBLE_MODEL, SCORE_NAMES
-from iqa.serving.launcher import Ports, TritonServer, free_ports
 from iqa_client import IQAClient, RetryPolicy, Scores, ServerBusyError
 from loadtest.pressure import OK, Pressure, summary
+from tests.conftest import serve
 
 QUEUE = 2
 CONCURRENCY = 24  # ~3x what saturates this ensemble on 2 cores (BENCHMARKS.md)
@@ -32,10 +32,7 @@ def small_queues(model: str, config: str) -> str:
 
 @pytest.fixture(scope="module")
 def crowded(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("crowded")
-    server = TritonServer(ports=Ports(*free_ports(3)), run_dir=run_dir, log_file=run_dir / "tritonserver.log",
-                          exit_timeout_s=10, config_edit=small_queues)
-    with server:
+    with serve(tmp_path_factory, "crowded", small_queues) as server:
         yield server
 
 

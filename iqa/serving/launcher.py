@@ -180,11 +180,31 @@ def gpu_count() -> int:
 
 # --- the runtime repository --------------------------------------------------------
 
+# The queue policy for a machine without a GPU (BENCHMARKS.md "Queue policy"). There the network
+# serves ~12 img/s (two cores): a wait bound of 5 s holds 12 x 5 = 60 requests, rounded to 64. The
+# committed configs carry the GPU policy (1024 requests, 2 s), under which a CPU would let requests
+# wait ~85 s before refusing any.
+CPU_QUEUE_SIZE = 64
+CPU_QUEUE_TIMEOUT_US = 5_000_000
+
+
+def cpu_queue_policy(config: str) -> str:
+    """A model config with its default_queue_policy set to the CPU's size and wait bound.
+
+    Only `max_queue_size` and `default_timeout_microseconds` change; a config without a queue
+    policy is returned as it is. Refusals keep their wording (iqa_client.contract.OVERLOAD_MESSAGES).
+    """
+    config = re.sub(r"(default_queue_policy\s*\{[^}]*?max_queue_size:\s*)\d+", rf"\g<1>{CPU_QUEUE_SIZE}", config)
+    return re.sub(r"(default_queue_policy\s*\{[^}]*?default_timeout_microseconds:\s*)\d+",
+                  rf"\g<1>{CPU_QUEUE_TIMEOUT_US}", config)
+
+
 # Every change the launcher may make to the shipped configs: what a machine without a GPU forces.
 # Anything else it serves is the committed file (tests/test_launcher.py serves the shipped files).
 MACHINE_CHANGES = (
     "no GPU on this machine, KIND_GPU -> KIND_CPU",
     "no GPU on this machine, one preprocessing instance",
+    f"no GPU on this machine, queue policy {CPU_QUEUE_SIZE} requests / {CPU_QUEUE_TIMEOUT_US / 1e6:g} s",
 )
 
 
@@ -193,8 +213,9 @@ def prepare_repository(source: Path, run_dir: Path, *, gpus: int,
     """Link the repository into run_dir, with the changes this machine forces; returns (path, changes made).
 
     With a GPU the configs are served exactly as committed. Without one (MACHINE_CHANGES): KIND_GPU
-    instances become KIND_CPU, and `iqa_preprocess` runs one instance instead of several (on a CPU the
-    network takes ~90 % of the time, so extra decoders only compete with it: BENCHMARKS.md).
+    instances become KIND_CPU, `iqa_preprocess` runs one instance instead of several (on a CPU the
+    network takes ~90 % of the time, so extra decoders only compete with it: BENCHMARKS.md), and both
+    composing models get the CPU's queue policy (cpu_queue_policy).
     `edit(model, config_text) -> config_text`, if given, is applied last (benchmarks use it to
     compare batching settings without touching the committed configs). Raises LaunchError when a
     model or model.pt is missing.
@@ -210,7 +231,7 @@ def prepare_repository(source: Path, run_dir: Path, *, gpus: int,
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(source, target, copy_function=_link, ignore=shutil.ignore_patterns("__pycache__", "*.partial"))
 
-    gpu_kind, one_decoder = MACHINE_CHANGES
+    gpu_kind, one_decoder, cpu_queues = MACHINE_CHANGES
     changes = []
     for model in MODELS:
         config_path = target / model / "config.pbtxt"
@@ -224,6 +245,9 @@ def prepare_repository(source: Path, run_dir: Path, *, gpus: int,
             if single != served:
                 served = single
                 changes.append(f"{model}: {one_decoder}")
+        if gpus == 0 and (fitted := cpu_queue_policy(served)) != served:
+            served = fitted
+            changes.append(f"{model}: {cpu_queues}")
         if edit is not None and (edited := edit(model, served)) != served:
             served = edited
             changes.append(f"{model}: config edited for this run")

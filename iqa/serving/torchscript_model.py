@@ -10,7 +10,9 @@ It honours the PyTorch backend's parameters the repository sets, with the same m
   DISABLE_OPTIMIZED_EXECUTION "true": run the TorchScript graph without the JIT's graph-executor
       optimisations (torch.jit.optimized_execution(False), as the backend's setGraphExecutorOptimize);
   INFERENCE_MODE "true" (the default): run under torch.inference_mode.
-Local only: `precision` "fp16" serves the network in half precision (loadtest/bench.py --fp16).
+Local only (iqa/serving/network_runner.py): `precision` "fp16" serves the network in half precision
+(loadtest/bench.py --fp16), `channels_last` "true" runs its convolutions in NHWC, and `cuda_graphs`
+("1,2,4,8,16,32") replays CUDA graphs of those batch sizes on a GPU.
 """
 
 import json
@@ -21,6 +23,7 @@ import torch
 import triton_python_backend_utils as pb_utils
 
 from iqa.contract import NETWORK_INPUT, NETWORK_OUTPUTS
+from iqa.serving.network_runner import NetworkRunner, parse_sizes
 
 
 def _parameter(config: dict, key: str, default: str) -> str:
@@ -41,13 +44,17 @@ class TritonPythonModel:
         self.device = torch.device(f"cuda:{args['model_instance_device_id']}" if on_gpu else "cpu")
         path = os.path.join(args["model_repository"], args["model_version"], "model.pt")
         self.model = torch.jit.load(path, map_location=self.device).eval()
-        self.optimized = not _flag(config, "DISABLE_OPTIMIZED_EXECUTION", False)
-        self.inference_mode = _flag(config, "INFERENCE_MODE", True)
-        precision = _parameter(config, "precision", "fp32")
-        if precision == "fp16":
-            self.model = self.model.half()
-        elif precision != "fp32":
-            raise pb_utils.TritonModelException(f"precision must be fp32 or fp16, not {precision!r}")
+        # parameters: the libtorch backend's INFERENCE_MODE and DISABLE_OPTIMIZED_EXECUTION, and the runner's
+        # precision (fp32 | fp16), channels_last, cuda_graphs (iqa.serving.network_runner).
+        sizes = _parameter(config, "cuda_graphs", "")
+        try:
+            self.runner = NetworkRunner(self.model, self.device, _parameter(config, "precision", "fp32"),
+                                        channels_last=_flag(config, "channels_last", False),
+                                        graph_sizes=parse_sizes(sizes) if sizes else None,
+                                        inference_mode=_flag(config, "INFERENCE_MODE", True),
+                                        optimized=not _flag(config, "DISABLE_OPTIMIZED_EXECUTION", False))
+        except ValueError as err:
+            raise pb_utils.TritonModelException(str(err)) from None
         self.output_names = [output["name"] for output in config["output"]]
         if tuple(self.output_names) != NETWORK_OUTPUTS:
             raise pb_utils.TritonModelException(f"config outputs {self.output_names} != {NETWORK_OUTPUTS}")
@@ -57,9 +64,7 @@ class TritonPythonModel:
         arrays = [pb_utils.get_input_tensor_by_name(r, NETWORK_INPUT).as_numpy() for r in requests]
         sizes = [len(a) for a in arrays]
         batch = torch.from_numpy(np.concatenate(arrays) if len(arrays) > 1 else arrays[0]).to(self.device)
-        grad_off = torch.inference_mode() if self.inference_mode else torch.no_grad()
-        with grad_off, torch.jit.optimized_execution(self.optimized):
-            scores = [s.float().cpu().numpy() for s in self.model(batch)]
+        scores = [s.cpu().numpy() for s in self.runner(batch)]
         responses, start = [], 0
         for size in sizes:
             tensors = [pb_utils.Tensor(name, s[start : start + size]) for name, s in zip(self.output_names, scores)]

@@ -7,18 +7,8 @@
 # with the network served in fp16, and the CPU-side decode + sampling cost. Results go to $OUT.
 set -euo pipefail
 out=${OUT:-/tmp/iqa-gpu-out}; mkdir -p "$out"
-site=/tmp/iqa-site; mkdir -p "$site"
-tar -C "$site" -xJf .gpu-carry/tritonserver-min.tar.xz
-python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" .gpu-carry/wheels/*.whl
-# The stub embeds the first python3 on PATH and ignores PYTHONPATH: a .pth in that interpreter's
-# site-packages puts numpy 1.26 (numpy 2 empties stub outputs), tritonclient and this repository first.
-# This machine is thrown away after the session, so changing its interpreter is fine.
-purelib=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-echo "import sys; sys.path[:0] = ['$site', '$PWD', '$PWD/client']" > "$purelib/000-iqa-gpu.pth"
-python3 -c 'import numpy, torch; assert numpy.__version__ == "1.26.4", numpy.__version__; print("torch", torch.__version__, "cuda", torch.cuda.is_available())'
-export IQA_TRITONSERVER=$site/pytriton/tritonserver/bin/tritonserver PYTHONUNBUFFERED=1
-nvidia-smi -L | tee "$out/gpu.txt"
-python3 -m conversion.export 2>&1 | tail -3
+# shellcheck source=loadtest/gpu/setup.sh
+source "$(dirname "$0")/setup.sh"
 # BENCH_ARGS narrows a run to fit the device time; PREPROCESS_INSTANCES overrides the committed count.
 if [ -n "${PREPROCESS_INSTANCES:-}" ]; then
   sed -i -E "s/count: *[0-9]+, kind: KIND_CPU/count: ${PREPROCESS_INSTANCES}, kind: KIND_CPU/" model_repository/iqa_preprocess/config.pbtxt

@@ -1,30 +1,50 @@
 """Triton Python-backend model `iqa_preprocess`: encoded image bytes -> uint8 patches.
 
-Glue only: the decoding and sampling live in iqa.preprocess. Each request gets
-exactly one response; an image that cannot be decoded fails its own request
-and no other in the dynamic batch.
+Glue only: the decoding and sampling live in iqa.preprocess (one image) and iqa.batch_decode (a
+dynamic batch). Each request gets exactly one response; an image that cannot be decoded fails its
+own request and no other in the dynamic batch.
+
+Config parameter `region_decode_device` (absent: every image alone on the CPU, iqa.preprocess):
+"cuda" (this instance's GPU) or "cuda:N" decodes the batch's JPEG patch regions together with nvJPEG
+(iqa.batch_decode.RegionDecoder); "cpu" runs the same batched code on nvImageCodec's CPU backend
+(how tests/test_batch_decode.py serves it). Whatever it cannot decode takes the CPU route with the
+CPU route's errors. Absent from the committed config until measured on a GPU.
 """
 
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from iqa.batch_decode import preprocess_batch
 from iqa.contract import IMAGE_INPUT, PATCHES
-from iqa.preprocess import ImageError, preprocess
+from iqa.preprocess import ImageError
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        # Pillow's decoders release the GIL, so a dynamic batch decodes in parallel.
+        # Pillow's and libjpeg-turbo's decoders release the GIL, so a dynamic batch decodes in parallel.
         threads = len(os.sched_getaffinity(0))
         self.pool = ThreadPoolExecutor(max_workers=max(1, min(threads, 8)), thread_name_prefix="decode")
+        parameters = json.loads(args["model_config"]).get("parameters", {})
+        device = parameters.get("region_decode_device", {}).get("string_value", "")
+        self.region_decoder = None
+        if device:
+            from iqa.batch_decode import RegionDecoder
+
+            device = f"cuda:{args.get('model_instance_device_id', 0)}" if device == "cuda" else device
+            try:
+                self.region_decoder = RegionDecoder(device)
+                pb_utils.Logger.log_info(f"iqa_preprocess: JPEG patch regions decoded in batches on {device}")
+            except Exception as err:  # the CPU route serves everything
+                pb_utils.Logger.log_warn(f"iqa_preprocess: no batched decode on {device} ({type(err).__name__}: {err})")
 
     def execute(self, requests):
         images = [pb_utils.get_input_tensor_by_name(r, IMAGE_INPUT).as_numpy().reshape(-1) for r in requests]
         flat = [bytes(item) for rows in images for item in rows]
-        outcomes = list(self.pool.map(_try_preprocess, flat))
+        outcomes = preprocess_batch(flat, self.region_decoder, self.pool.map)
 
         responses, start = [], 0
         for rows in images:
@@ -39,13 +59,6 @@ class TritonPythonModel:
 
     def finalize(self):
         self.pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _try_preprocess(data):
-    try:
-        return preprocess(data)
-    except Exception as err:  # reported per request below; never fails the batch
-        return err
 
 
 def _error_response(failures, rows):
