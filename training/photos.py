@@ -153,7 +153,12 @@ def fetch_debian(packages: list[str]) -> dict[str, Path]:
             if not list(debs.glob(f"{package}_*.deb")):
                 subprocess.run(["apt-get", "download", package], cwd=debs, check=True)
             (deb,) = debs.glob(f"{package}_*.deb")
-            subprocess.run(["dpkg", "-x", str(deb), str(root)], check=True)
+            # Unpack beside the target and rename: a half-unpacked tree (a stopped run, or another worktree
+            # sharing the cache) must never pass for a finished one.
+            partial = root.with_name(f"{root.name}.partial-{os.getpid()}")
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            subprocess.run(["dpkg", "-x", str(deb), str(partial)], check=True)
+            partial.rename(root)
         roots[package] = root
     return roots
 

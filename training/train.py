@@ -132,11 +132,15 @@ def loader(dataset: Dataset, batch: int, workers: int, start: int = 0, drop_last
 def pooled_logits(model: DegradationNet, patches: torch.Tensor) -> torch.Tensor:
     """uint8 [B, K, 3, P, P] -> [B, 3] logits pooled over each picture's patches, as the served model pools."""
     flat = patches.flatten(0, 1).contiguous(memory_format=torch.channels_last)
-    return model.pool(model.patch_logits(flat).unflatten(0, patches.shape[:2]).float())
+    return model.pool(model.patch_logits(flat).unflatten(0, patches.shape[:2]).float(), model.patch_evidence(patches))
 
 
 def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.binary_cross_entropy_with_logits(logits, targets)
+    """Binary cross entropy over the pictures that hold evidence; a flat one (logit -inf, a fixed score) teaches nothing."""
+    keep = torch.isfinite(logits)
+    per_score = torch.nn.functional.binary_cross_entropy_with_logits(
+        torch.where(keep, logits, torch.zeros_like(logits)), targets, reduction="none")
+    return (per_score * keep).sum() / keep.sum().clamp_min(1)
 
 
 @torch.no_grad()
