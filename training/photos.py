@@ -190,6 +190,21 @@ def fetch_debian(packages: list[str]) -> dict[str, Path]:
     return roots
 
 
+def originals(names: set[str]) -> dict[str, Image.Image]:
+    """The pool photos' source pictures at their own size (EXIF-upright RGB), by pool name, for the Debian
+    packages already in the cache (the photos you added from a folder are not kept: they are left out)."""
+    found = {}
+    for package, patterns in DEBIAN_SOURCES.items():
+        root = CACHE / "extract" / package
+        if not root.exists() or not any(name.startswith(f"{package}--") for name in names):
+            continue
+        for stem, open_image in _candidates(package, root, patterns):
+            name = f"{package}/{stem}".replace("/", "--")
+            if name in names:
+                found[name] = ImageOps.exif_transpose(open_image()).convert("RGB")
+    return found
+
+
 def to_pristine(image: Image.Image) -> Image.Image | None:
     """Downscale at least 2x (and to at most POOL_MAX_SIDE); None if the result would be too small."""
     image = ImageOps.exif_transpose(image).convert("RGB")

@@ -67,6 +67,8 @@ parser.add_argument("--weights-out", type=Path, help="also write the fp16 weight
 parser.add_argument("--synthetic", type=float, default=SYNTHETIC_SHARE,
                     help="share of samples whose pristine picture is rendered (text pages, UIs, charts, graphics); "
                     "0: photos only, as the committed weights were trained")
+parser.add_argument("--loader-benchmark", type=int, metavar="N",
+                    help="only time the data: N samples of this mix and of photos alone, on one core, then exit")
 parser.add_argument("--type-weight", action="append", default=[], metavar="TYPE=W",
                     help="a distortion type's weight within its family, in place of training.degradations."
                     "TYPE_WEIGHTS (1 for most types), e.g. motion_blur=2 (repeatable; validation keeps the default mix)")
@@ -206,8 +208,30 @@ def parse_type_weights(items: list[str]) -> dict[str, dict[str, float]]:
         parser.error(f"--type-weight: {error}")
 
 
+def loader_benchmark(args: argparse.Namespace, weights: dict[str, dict[str, float]]) -> None:
+    """Milliseconds per degraded picture on one core (what a DataLoader worker spends), for the mix asked
+    for and for the same mix on photos alone, interleaved so that both see the same machine load."""
+    one_thread()
+    pictures = load_pictures(args.pool, "train")
+    sets = {f"--synthetic {args.synthetic}": DegradedPictures(pictures, args.seed, args.views, args.loader_benchmark,
+                                                               weights, args.synthetic),
+            "--synthetic 0": DegradedPictures(pictures, args.seed, args.views, args.loader_benchmark, weights, 0.0)}
+    spent = dict.fromkeys(sets, 0.0)
+    for index in range(args.loader_benchmark):
+        for name, dataset in sets.items():
+            start = time.perf_counter()
+            dataset[index]
+            spent[name] += time.perf_counter() - start
+    for name, seconds in spent.items():
+        print(f"{name}: {1000 * seconds / args.loader_benchmark:.1f} ms per degraded picture ({args.views} views), "
+              f"{args.loader_benchmark} samples")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
+    if args.loader_benchmark:
+        loader_benchmark(args, parse_type_weights(args.type_weight))
+        return 0
     run = args.resume or args.run
     run.mkdir(parents=True, exist_ok=True)
     checkpoint_path = run / "checkpoint.pt"
