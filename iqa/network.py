@@ -81,10 +81,10 @@ class DegradationNet(nn.Module):
         An image with no such patch at all gets NO_EVIDENCE_LOGIT: it scores 0.0 on every output,
         "no evidence of any degradation", rather than an invented one. Training pools the same way.
         """
-        weight = evidence.to(patch_logits.dtype).unsqueeze(-1)  # [B, K, 1]
-        count = weight.sum(dim=1)  # [B, 1]
-        mean = (patch_logits * weight).sum(dim=1) / count.clamp_min(1.0)
-        return torch.where(count > 0, mean, torch.full_like(mean, NO_EVIDENCE_LOGIT))
+        # No dtype or constant tensor here: a trace would freeze it, and the fp16 export must stay fp16.
+        count = evidence.sum(dim=1, keepdim=True)  # [B, 1], integer
+        mean = (patch_logits * evidence.unsqueeze(-1)).sum(dim=1) / count.clamp_min(1)
+        return mean.masked_fill(count == 0, NO_EVIDENCE_LOGIT)
 
     def forward(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """uint8 patches [B, K, 3, P, P] -> (noise, blur, compression), each [B, 1] in [0, 1]."""

@@ -307,8 +307,8 @@ def table(reports: dict[str, Report]) -> str:
         row(f"seed metric PLCC, {family}", lambda r, f=family: r.seed_plcc[f], _target("seed PLCC") if family == "all" else "")
     kinds = list(dict.fromkeys(k for r in reports.values() for k in r.type_srcc))
     for kind in kinds:
-        row(f"seed SRCC / PLCC, {kind}: SRCC", lambda r, k=kind: r.type_srcc.get(k))
-        row(f"seed SRCC / PLCC, {kind}: PLCC", lambda r, k=kind: r.type_plcc.get(k))
+        row(f"seed metric SRCC, {kind}", lambda r, k=kind: r.type_srcc.get(k))
+        row(f"seed metric PLCC, {kind}", lambda r, k=kind: r.type_plcc.get(k))
     row("worst type SRCC", lambda r: min(r.type_srcc.values()), _target("worst type SRCC"))
     row("worst type PLCC", lambda r: min(r.type_plcc.values()), _target("worst type PLCC"))
     for family in FAMILIES:
@@ -384,8 +384,8 @@ def checks(score_fn: ScoreFn, references: Sequence[np.ndarray]) -> list[Check]:
     difference = np.abs(grey - colour)
     for index, family in enumerate(FAMILIES):
         mean, worst = float(difference[:, index].mean()), float(difference[:, index].max())
-        out.append(Check(f"grey copy vs colour, {family}: mean |diff|", mean, "<= 0.02", mean <= 0.02))
-        out.append(Check(f"grey copy vs colour, {family}: max |diff|", worst, "<= 0.08", worst <= 0.08))
+        out.append(Check(f"grey copy vs colour, {family}: mean abs. difference", mean, "<= 0.02", mean <= 0.02))
+        out.append(Check(f"grey copy vs colour, {family}: max abs. difference", worst, "<= 0.08", worst <= 0.08))
     page = text_page()
     clean, compressed = score_set(score_fn, [page, jpeg(page, 30)])
     for index, family in enumerate(FAMILIES):
