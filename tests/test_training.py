@@ -346,3 +346,13 @@ def test_the_device_script_exits_with_trainings_failure_and_without_a_pack(tmp_p
     result, out = _device_script(tmp_path, TRAIN_ARGS="--type-weight motion=2")
     assert result.returncode == 2, result.stdout[-3000:]
     assert "motion" in result.stdout and (out / "results.tar.gz").exists()
+
+
+def test_the_loader_benchmark_times_both_mixes_and_trains_nothing(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train.main(["--pool", str(_toy_pool(tmp_path)), "--run", str(run), "--loader-benchmark", "2",
+                       "--views", "1"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == [f"--synthetic {train.SYNTHETIC_SHARE}", "--synthetic 0"]
+    assert all("ms per degraded picture" in line for line in lines)
+    assert not (run / "log.jsonl").exists()
