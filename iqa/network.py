@@ -18,6 +18,13 @@ from torch import nn
 
 from iqa.contract import PATCHES_PER_IMAGE, SCORE_NAMES
 
+# A patch each of whose channels holds values within this many levels of each other is flat: it
+# shows no edge, texture or grain, so it holds no evidence of noise, blur or compression.
+FLAT_PATCH_RANGE = 2
+# The pooled logit of an image none of whose patches holds evidence: sigmoid(-inf) = 0 exactly, so
+# such an image scores 0.0 on every output, a value a trained head never gives a picture with content.
+NO_EVIDENCE_LOGIT = float("-inf")
+
 # Channel statistics of natural photos in [0, 1] (ImageNet's): centring the input
 # keeps the from-scratch trunk's activations in a sane range from step one.
 _MEAN = (0.485, 0.456, 0.406)
@@ -54,17 +61,35 @@ class DegradationNet(nn.Module):
         return torch.cat([head(features).mean(dim=(2, 3)) for head in self.heads], dim=1)
 
     @staticmethod
-    def pool(patch_logits: torch.Tensor) -> torch.Tensor:
-        """Logits of each image's patches [B, K, 3] -> one logit per score [B, 3].
+    def patch_evidence(patches: torch.Tensor) -> torch.Tensor:
+        """uint8 patches [B, K, 3, P, P] -> [B, K] bool: does the patch hold any evidence (is it not flat)?
 
-        An image's score is the sigmoid of its mean patch logit; training pools the same way.
+        Flat: in each channel, every pixel within FLAT_PATCH_RANGE levels of every other (a plain fill
+        of any colour, or one with at most quantisation ripple). Noise, edges and texture all spread
+        the values further.
         """
-        return patch_logits.mean(dim=1)
+        spread = patches.amax(dim=(3, 4)).int() - patches.amin(dim=(3, 4)).int()  # [B, K, 3]
+        return spread.amax(dim=2) > FLAT_PATCH_RANGE
+
+    @staticmethod
+    def pool(patch_logits: torch.Tensor, evidence: torch.Tensor) -> torch.Tensor:
+        """Logits of each image's patches [B, K, 3] and their evidence [B, K] (bool) -> one logit per score [B, 3].
+
+        An image's logit is the mean logit of its patches that hold evidence: a flat patch (a plain
+        sky, a page margin, a fill) says nothing about noise, blur or compression, and left in it made
+        the untrained guesses of flat areas part of the score (a plain grey picture read blur 0.56).
+        An image with no such patch at all gets NO_EVIDENCE_LOGIT: it scores 0.0 on every output,
+        "no evidence of any degradation", rather than an invented one. Training pools the same way.
+        """
+        # No dtype or constant tensor here: a trace would freeze it, and the fp16 export must stay fp16.
+        count = evidence.sum(dim=1, keepdim=True)  # [B, 1], integer
+        mean = (patch_logits * evidence.unsqueeze(-1)).sum(dim=1) / count.clamp_min(1)
+        return mean.masked_fill(count == 0, NO_EVIDENCE_LOGIT)
 
     def forward(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """uint8 patches [B, K, 3, P, P] -> (noise, blur, compression), each [B, 1] in [0, 1]."""
         logits = self.patch_logits(patches.flatten(0, 1)).unflatten(0, (-1, PATCHES_PER_IMAGE))
-        scores = torch.sigmoid(self.pool(logits))
+        scores = torch.sigmoid(self.pool(logits, self.patch_evidence(patches)))
         noise, blur, compression = scores.split(1, dim=1)
         return noise, blur, compression
 

@@ -86,11 +86,11 @@ def test_random_recipes_mix_pristine_single_and_chained_in_camera_order():
     assert 0.08 < (lengths == 0).mean() < 0.16
     assert (lengths == 1).mean() > 0.4 and (lengths == 3).mean() > 0.05
     for r in recipes:
-        families = [BY_NAME[name].family for name, _ in r.steps]
+        families = [BY_NAME[name].family for name, *_ in r.steps]
         assert families == sorted(families, key=CHAIN_ORDER.index)
-        assert all(0.0 <= s <= 1.0 for _, s in r.steps)
+        assert all(0.0 <= s <= 1.0 for _, s, *_ in r.steps)
         assert ((r.targets() >= 0) & (r.targets() <= 1)).all()
-    assert {name for r in recipes for name, _ in r.steps} == set(BY_NAME)
+    assert {name for r in recipes for name, *_ in r.steps} == set(BY_NAME)
 
 
 def test_spearman_and_pearson_match_known_values():
@@ -204,7 +204,7 @@ def test_a_few_training_steps_reduce_the_loss():
 def test_type_weights_change_the_training_mix_and_refuse_nonsense():
     rng = np.random.default_rng(0)
     doubled = type_weights({"motion_blur": 2.0})
-    blurs = [name for r in (random_recipe(rng, doubled) for _ in range(3000)) for name, _ in r.steps if "blur" in name]
+    blurs = [name for r in (random_recipe(rng, doubled) for _ in range(3000)) for name, *_ in r.steps if "blur" in name]
     share = blurs.count("motion_blur") / len(blurs)
     assert 0.45 < share < 0.55, share  # 2 / (1 + 1 + 2)
     assert type_weights() == {f: dict(k) for f, k in TYPE_WEIGHTS.items()}
@@ -346,3 +346,13 @@ def test_the_device_script_exits_with_trainings_failure_and_without_a_pack(tmp_p
     result, out = _device_script(tmp_path, TRAIN_ARGS="--type-weight motion=2")
     assert result.returncode == 2, result.stdout[-3000:]
     assert "motion" in result.stdout and (out / "results.tar.gz").exists()
+
+
+def test_the_loader_benchmark_times_both_mixes_and_trains_nothing(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train.main(["--pool", str(_toy_pool(tmp_path)), "--run", str(run), "--loader-benchmark", "2",
+                       "--views", "1"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == [f"--synthetic {train.SYNTHETIC_SHARE}", "--synthetic 0"]
+    assert all("ms per degraded picture" in line for line in lines)
+    assert not (run / "log.jsonl").exists()

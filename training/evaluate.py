@@ -6,17 +6,26 @@
     python -m training.evaluate --baselines                      # plus the classical baselines
 
 The set: each validation photo of the pool at KADID's size (512x384) and each of KADID's
-ten blur, noise and compression types at its five levels, plus the pristine picture.
+ten blur, noise and compression types at its five levels, plus the pristine picture. Each type
+comes from two implementations, and the figures are printed for both side by side:
+- own: training.degradations' reading of KADID (the one the model was trained on);
+- reference: training.kadid_reference, written independently from the KADID-10k paper with
+  other building blocks, which training never imports: how the model fares on degradations
+  made by code it never saw (`--implementations own` skips it, e.g. where OpenCV is missing).
 Figures (every one from `metrics`, which this command and the tests call):
 
 - seed metric: group by (photo, distortion type); Pearson and Spearman of the related score
   against levels 1-5; averaged over groups (types 01-03 -> blur, 09/10/21 -> compression,
-  11-14 -> noise), as ModelScope reports PLCC 0.9654 / SRCC 0.9963 on KADID-10k;
+  11-14 -> noise), as ModelScope reports PLCC 0.9654 / SRCC 0.9963 on KADID-10k; also per type;
 - global SRCC per family: the related score against the level over all photos and types of
   the family at once: are scores comparable across pictures?
 - specificity: share of groups in which the related score rises more from level 1 to 5 than
   either other score;
 - mean scores on the pristine pictures.
+
+Then the checks that no KADID-style set covers (`checks`), each against its target (issue 12):
+a grey copy of each pristine photo against the colour original (mean and max |difference| of
+each score), a rendered text page (lossless) and its JPEG at quality 30, and flat pictures.
 """
 
 from __future__ import annotations
@@ -32,10 +41,11 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from training.degradations import BY_NAME, FAMILIES, LEVEL_STRENGTHS, TYPES, DistortionType, convolve, motion_kernel
+from training.degradations import BY_NAME, FAMILIES, LEVEL_STRENGTHS, TYPES, convolve, motion_kernel
 
 KADID_SIZE = (512, 384)
 LEVELS = (1, 2, 3, 4, 5)
+IMPLEMENTATIONS = ("own", "reference")
 # score_fn: pictures (RGB uint8 [H, W, 3]) -> scores [N, 3] in FAMILIES order
 ScoreFn = Callable[[Sequence[np.ndarray]], np.ndarray]
 
@@ -69,7 +79,7 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
 @dataclass(frozen=True)
 class Entry:
     photo: int
-    kind: DistortionType | None  # None: the pristine picture
+    kind: object | None  # a distortion type with kadid_id, name and family; None: the pristine picture
     level: int  # 0 for pristine
 
 
@@ -83,13 +93,26 @@ def kadid_picture(path: Path) -> np.ndarray:
     return np.asarray(image.crop((left, top, left + KADID_SIZE[0], top + KADID_SIZE[1])))
 
 
-def _distort(job: tuple[np.ndarray, int, str | None, int]) -> np.ndarray:
-    picture, photo, name, level = job
+def implementation_types(implementation: str) -> tuple:
+    """The ten KADID types of one implementation: "own" (training's) or "reference" (kept out of training)."""
+    if implementation == "own":
+        return TYPES
+    if implementation == "reference":
+        from training import kadid_reference  # only here: training must not see it, and it needs OpenCV
+
+        return kadid_reference.TYPES
+    raise ValueError(f"unknown implementation {implementation!r}: choose from {IMPLEMENTATIONS}")
+
+
+def _distort(job: tuple[np.ndarray, int, str, str | None, int]) -> np.ndarray:
+    picture, photo, implementation, name, level = job
     if name is None:
         return picture
-    kind = BY_NAME[name]
+    kind = {t.name: t for t in implementation_types(implementation)}[name]
     rng = np.random.default_rng([photo, kind.kadid_id, level])  # the motion angle, the noise
-    return kind(picture, LEVEL_STRENGTHS[level - 1], rng)
+    if implementation == "own":
+        return BY_NAME[name](picture, LEVEL_STRENGTHS[level - 1], rng)  # its KADID variant, the default
+    return kind(picture, level, rng)
 
 
 def one_thread(_worker_id: int = 0) -> None:
@@ -103,16 +126,17 @@ def one_thread(_worker_id: int = 0) -> None:
     torch.set_num_threads(1)
 
 
-def build_set(references: Sequence[np.ndarray], workers: int = 1) -> tuple[list[Entry], list[np.ndarray]]:
-    """Every reference pristine, and under every type at every level. Deterministic."""
+def build_set(references: Sequence[np.ndarray], workers: int = 1,
+              implementation: str = "own") -> tuple[list[Entry], list[np.ndarray]]:
+    """Every reference pristine, and under every type of the implementation at every level. Deterministic."""
     entries, jobs = [], []
     for photo, picture in enumerate(references):
         entries.append(Entry(photo, None, 0))
-        jobs.append((picture, photo, None, 0))
-        for kind in TYPES:
+        jobs.append((picture, photo, implementation, None, 0))
+        for kind in implementation_types(implementation):
             for level in LEVELS:
                 entries.append(Entry(photo, kind, level))
-                jobs.append((picture, photo, kind.name, level))
+                jobs.append((picture, photo, implementation, kind.name, level))
     if workers > 1:
         with Pool(workers, initializer=one_thread) as pool:
             pictures = pool.map(_distort, jobs, chunksize=4)
@@ -127,6 +151,7 @@ class Report:
     seed_plcc: dict[str, float] = field(default_factory=dict)  # per family and "all"
     seed_srcc: dict[str, float] = field(default_factory=dict)
     type_srcc: dict[str, float] = field(default_factory=dict)  # the seed SRCC of each distortion type
+    type_plcc: dict[str, float] = field(default_factory=dict)  # the seed PLCC of each distortion type
     global_srcc: dict[str, float] = field(default_factory=dict)
     specificity: dict[str, float] = field(default_factory=dict)
     pristine_mean: dict[str, float] = field(default_factory=dict)
@@ -158,8 +183,9 @@ def metrics(entries: Sequence[Entry], scores: np.ndarray) -> Report:
         report.seed_plcc[family] = float(np.mean([g[1] for g in chosen]))
         report.seed_srcc[family] = float(np.mean([g[2] for g in chosen]))
         report.specificity[family] = float(np.mean([g[3] for g in chosen]))
-    for kind in TYPES:
-        report.type_srcc[kind.name] = float(np.mean([g[2] for g in per_group if g[4] == kind.name]))
+    for name in dict.fromkeys(g[4] for g in per_group):  # the types present, in the set's order
+        report.type_srcc[name] = float(np.mean([g[2] for g in per_group if g[4] == name]))
+        report.type_plcc[name] = float(np.mean([g[1] for g in per_group if g[4] == name]))
     for index, family in enumerate(FAMILIES):
         rows = [i for i, e in enumerate(entries) if e.kind is not None and e.kind.family == family]
         report.global_srcc[family] = spearman(scores[rows, index], [entries[i].level for i in rows])
@@ -249,30 +275,136 @@ def motion_angles(score_fn: ScoreFn, references: Sequence[np.ndarray], lengths=(
 
 
 # ------------------------------------------------------------------ reporting
-def table(reports: dict[str, Report]) -> str:
-    """A markdown table: one column per scorer."""
-    names = list(reports)
-    lines = ["| figure | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+# Issue 12's targets, on the reference implementation (and not to fall on the own one):
+# (lower bound, upper bound); None where the figure has no bound.
+TARGETS = {
+    "seed SRCC": (0.995, None), "seed PLCC": (0.97, None), "worst type SRCC": (0.98, None),
+    "worst type PLCC": (0.90, None), "global SRCC": (0.90, None), "specificity": (0.97, None),
+    "pristine mean": (None, 0.10),
+}
 
-    def row(label: str, getter) -> None:
+
+def _target(key: str) -> str:
+    low, high = TARGETS.get(key, (None, None))
+    return f">= {low}" if low is not None else f"<= {high}" if high is not None else ""
+
+
+def table(reports: dict[str, Report]) -> str:
+    """A markdown table: one column per scorer (and implementation), then the target."""
+    names = list(reports)
+    lines = ["| figure | " + " | ".join(names) + " | target |", "|---|" + "---:|" * len(names) + "---|"]
+
+    def row(label: str, getter, target: str = "", on_the_score_scale: bool = False) -> None:
         cells = []
         for n in names:
-            value = getter(reports[n])
+            # Classical measures have no [0, 1] scale: their pristine mean means nothing.
+            value = None if on_the_score_scale and n.startswith("classical") else getter(reports[n])
             cells.append("n/a" if value is None else f"{value:.4f}")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {target} |")
 
     for family in ("all",) + FAMILIES:
-        row(f"seed metric SRCC, {family}", lambda r, f=family: r.seed_srcc[f])
-        row(f"seed metric PLCC, {family}", lambda r, f=family: r.seed_plcc[f])
-    for kind in TYPES:
-        row(f"seed metric SRCC, {kind.name}", lambda r, k=kind.name: r.type_srcc[k])
+        row(f"seed metric SRCC, {family}", lambda r, f=family: r.seed_srcc[f], _target("seed SRCC") if family == "all" else "")
+        row(f"seed metric PLCC, {family}", lambda r, f=family: r.seed_plcc[f], _target("seed PLCC") if family == "all" else "")
+    kinds = list(dict.fromkeys(k for r in reports.values() for k in r.type_srcc))
+    for kind in kinds:
+        row(f"seed metric SRCC, {kind}", lambda r, k=kind: r.type_srcc.get(k))
+        row(f"seed metric PLCC, {kind}", lambda r, k=kind: r.type_plcc.get(k))
+    row("worst type SRCC", lambda r: min(r.type_srcc.values()), _target("worst type SRCC"))
+    row("worst type PLCC", lambda r: min(r.type_plcc.values()), _target("worst type PLCC"))
     for family in FAMILIES:
-        row(f"global SRCC, {family}", lambda r, f=family: r.global_srcc[f])
+        row(f"global SRCC, {family}", lambda r, f=family: r.global_srcc[f], _target("global SRCC"))
     for family in ("all",) + FAMILIES:
-        row(f"specificity, {family}", lambda r, f=family: r.specificity[f])
+        row(f"specificity, {family}", lambda r, f=family: r.specificity[f], _target("specificity") if family == "all" else "")
     for family in FAMILIES:
-        # Classical measures have no [0, 1] scale: their pristine mean means nothing.
-        row(f"mean on pristine, {family}", lambda r, f=family: r.pristine_mean[f] if r is not reports.get("classical") else None)
+        row(f"mean on pristine, {family}", lambda r, f=family: r.pristine_mean[f], _target("pristine mean"), True)
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ checks beyond the KADID-style set
+TEXT = ("Image quality assessment services receive screenshots, slides, scanned documents and charts "
+        "as often as photographs. This page is rendered without loss: every score should read clean. "
+        "Saved as JPEG at quality 30, ringing appears around every letter and the compression score "
+        "should rise. The quick brown fox jumps over the lazy dog 0123456789. ")
+
+
+def text_page(size: tuple[int, int] = (1024, 768)) -> np.ndarray:
+    """A clean screenshot-like page of black text on white, RGB uint8 [H, W, 3] (Pillow's default font).
+
+    Kept apart from training.synthetic's pages: its own layout, text and font, so it is a held-out check.
+    """
+    from PIL import ImageDraw, ImageFont
+
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=15)
+    words, line, y = (TEXT * 12).split(), "", 24
+    for word in words:
+        candidate = f"{line} {word}".strip()
+        if draw.textlength(candidate, font=font) > size[0] - 64:
+            draw.text((32, y), line, fill="black", font=font)
+            line, y = word, y + 21
+            if y > size[1] - 40:
+                break
+        else:
+            line = candidate
+    return np.asarray(image)
+
+
+def jpeg(picture: np.ndarray, quality: int) -> np.ndarray:
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, format="JPEG", quality=quality)
+    return np.asarray(Image.open(buffer).convert("RGB"))
+
+
+def grey_copy(picture: np.ndarray) -> np.ndarray:
+    """What a black-and-white conversion gives: Pillow's "L" (ITU-R 601-2 luma), back to three channels."""
+    return np.asarray(Image.fromarray(picture).convert("L").convert("RGB"))
+
+
+@dataclass
+class Check:
+    figure: str
+    value: float
+    target: str  # e.g. "<= 0.02"
+    passed: bool
+
+
+def checks(score_fn: ScoreFn, references: Sequence[np.ndarray]) -> list[Check]:
+    """Grey copies against their colour originals, a rendered text page and its JPEG q30, flat pictures.
+
+    Targets from issue 12: grey vs colour, each score, mean |difference| <= 0.02 and max <= 0.08; the clean text
+    page <= 0.10 on each score, its JPEG q30 >= 0.30 on compression; a flat picture holds no evidence and
+    scores 0 on each (iqa.network.DegradationNet.pool's rule).
+    """
+    out = []
+    colour = score_set(score_fn, list(references))
+    grey = score_set(score_fn, [grey_copy(r) for r in references])
+    difference = np.abs(grey - colour)
+    for index, family in enumerate(FAMILIES):
+        mean, worst = float(difference[:, index].mean()), float(difference[:, index].max())
+        out.append(Check(f"grey copy vs colour, {family}: mean abs. difference", mean, "<= 0.02", mean <= 0.02))
+        out.append(Check(f"grey copy vs colour, {family}: max abs. difference", worst, "<= 0.08", worst <= 0.08))
+    page = text_page()
+    clean, compressed = score_set(score_fn, [page, jpeg(page, 30)])
+    for index, family in enumerate(FAMILIES):
+        out.append(Check(f"clean text page (PNG), {family}", float(clean[index]), "<= 0.10", clean[index] <= 0.10))
+    c = FAMILIES.index("compression")
+    out.append(Check("text page as JPEG q30, compression", float(compressed[c]), ">= 0.30", compressed[c] >= 0.30))
+    flat = score_set(score_fn, [np.full((768, 1024, 3), 128, np.uint8), np.full((384, 512, 3), (30, 90, 200), np.uint8)])
+    for index, family in enumerate(FAMILIES):
+        worst = float(flat[:, index].max())
+        out.append(Check(f"flat pictures (grey, blue), {family}", worst, "== 0", worst == 0.0))
+    return out
+
+
+def checks_table(results: dict[str, list[Check]]) -> str:
+    names = list(results)
+    lines = ["| check | " + " | ".join(names) + " | target |", "|---|" + "---:|" * len(names) + "---|"]
+    for i, first in enumerate(results[names[0]]):
+        cells = [f"{results[n][i].value:.4f} {'✓' if results[n][i].passed else '✗'}" for n in names]
+        lines.append(f"| {first.figure} | " + " | ".join(cells) + f" | {first.target} |")
     return "\n".join(lines)
 
 
@@ -285,10 +417,12 @@ def plot(entries: Sequence[Entry], scores: np.ndarray, path: Path, title: str = 
 
     fig, axes = plt.subplots(2, 5, figsize=(18, 7), sharey=True)
     pristine = np.array([scores[i] for i, e in enumerate(entries) if e.kind is None])
-    for ax, kind in zip(axes.flat, TYPES):
+    kinds = list({e.kind.name: e.kind for e in entries if e.kind is not None}.values())
+    for ax, kind in zip(axes.flat, kinds):
         for index, family in enumerate(FAMILIES):
             per_level = [pristine[:, index]] + [
-                np.array([scores[i, index] for i, e in enumerate(entries) if e.kind is kind and e.level == level])
+                np.array([scores[i, index] for i, e in enumerate(entries)
+                          if e.kind is not None and e.kind.name == kind.name and e.level == level])
                 for level in LEVELS
             ]
             x = np.arange(6)
@@ -322,13 +456,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", default="training/weights/iqa_resnet50.fp16.pt")
     parser.add_argument("--server", help="score through the running ensemble at this gRPC address instead")
     parser.add_argument("--baselines", action="store_true", help="add the classical no-reference baselines")
+    parser.add_argument("--implementations", default=",".join(IMPLEMENTATIONS),
+                        help="which implementations of the KADID types build the set, comma-separated "
+                        f"(default: {','.join(IMPLEMENTATIONS)})")
+    parser.add_argument("--no-checks", action="store_true", help="skip the grey, text page and flat checks")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=2, help="processes that build the set")
-    parser.add_argument("--plot", type=Path, help="write the score-against-level PNG here")
+    parser.add_argument("--plot", type=Path, help="write the score-against-level PNG here (one per implementation)")
     parser.add_argument("--json", type=Path, help="write every figure as JSON here")
     parser.add_argument("--motion-angles", action="store_true",
                         help="also print the blur score of motion blur by angle (6 and 10 px, the photos' mean)")
     args = parser.parse_args(argv)
+    implementations = [i.strip() for i in args.implementations.split(",") if i.strip()]
+    for implementation in implementations:
+        implementation_types(implementation)  # an unknown name fails before any work
 
     try:
         references = references_from_pool(args.pool, args.split, args.photos)
@@ -342,21 +483,33 @@ def main(argv: list[str] | None = None) -> int:
 
         model = build_model(args.weights).to(args.device)
         name, score_fn = "ours", model_scorer(model, args.device)
-    entries, pictures = build_set(references, args.workers)
-    scores = score_set(score_fn, pictures)
-    report = metrics(entries, scores)
-    reports = {name: report}
-    if args.baselines:
-        reports["classical"] = metrics(entries, score_set(classical_scorer, pictures))
-    print(f"KADID-style set: {report.photos} {args.split} photos x {len(TYPES)} types x {len(LEVELS)} levels + pristine\n")
+    reports = {}
+    for implementation in implementations:
+        entries, pictures = build_set(references, args.workers, implementation)
+        scores = score_set(score_fn, pictures)
+        reports[f"{name}, {implementation}"] = metrics(entries, scores)
+        if args.baselines:
+            reports[f"classical, {implementation}"] = metrics(entries, score_set(classical_scorer, pictures))
+        if args.plot:
+            path = args.plot if implementation == "own" else args.plot.with_stem(f"{args.plot.stem}-{implementation}")
+            plot(entries, scores, path, title=f"{name} ({args.weights if not args.server else args.server}), "
+                                              f"{implementation} implementation")
+            print(f"plot: {path}")
+        del pictures  # one implementation's set in memory at a time
+    reports = dict(sorted(reports.items(), key=lambda item: item[0].startswith("classical")))
+    print(f"KADID-style set: {len(references)} {args.split} photos x {len(TYPES)} types x {len(LEVELS)} levels"
+          f" + pristine, implementations: {', '.join(implementations)}\n")
     print(table(reports))
-    if args.plot:
-        plot(entries, scores, args.plot, title=f"{name}: {args.weights if not args.server else args.server}")
-        print(f"\nplot: {args.plot}")
+    results = {}
+    if not args.no_checks:
+        results = {name: checks(score_fn, references)}
+        print(f"\nchecks beyond the KADID-style set ({len(references)} {args.split} photos):\n{checks_table(results)}")
     if args.motion_angles:
         print(f"\nblur score, mean over {len(references)} photos:\n{motion_angles(score_fn, references)}")
     if args.json:
-        args.json.write_text(json.dumps({n: r.as_dict() for n, r in reports.items()}, indent=1))
+        args.json.write_text(json.dumps({"reports": {n: r.as_dict() for n, r in reports.items()},
+                                         "checks": {n: [vars(c) for c in cs] for n, cs in results.items()}},
+                                        indent=1, default=float))
     return 0
 
 

@@ -3,12 +3,15 @@
 #   python -m training.photos --pack .train-carry/pack.tar
 #   xz -T0 -c training/weights/iqa_resnet50.fp16.pt > .train-carry/init.fp16.pt.xz   # to warm-restart from it
 #   mv training/weights/iqa_resnet50.fp16.pt /tmp/   # the 64 MiB tree cannot hold it twice; git checkout restores it
+#   mkdir -p .train-carry/fonts && cp /usr/share/fonts/truetype/dejavu/*.ttf .train-carry/fonts/   # ~6 MB, optional:
+#     training.synthetic renders its text pages in every font it finds ($IQA_FONTS), else in Pillow's own one only
 # then: run(command="bash training/gpu_run.sh 8", carry=[".train-carry"], timeout_s=590)
 # Trains for $1 minutes (bf16, channels_last, $WORKERS loader workers, $VIEWS patch sets per degraded
 # picture), from $CARRY/init.fp16.pt.xz when it is there (a warm restart at $LR), else from
 # scratch. TRAIN_ARGS adds training.train options, e.g. "--type-weight motion_blur=2". EVALUATE=1
 # then evaluates on the KADID-style set of the validation photos (`make evaluate` does the same on
-# any machine). The fp16 weights come back in 15 MiB parts (the device returns files of at most
+# any machine): training's own KADID implementation, and training.kadid_reference's where OpenCV,
+# scikit-image and scipy import (they are not on the GPU machine unless carried: run it here after). The fp16 weights come back in 15 MiB parts (the device returns files of at most
 # 16 MiB): cat weights.fp16.pt.part-* > weights.fp16.pt
 # CARRY (.train-carry), WORK (/tmp: scratch space, emptied of this script's own files first), OUT and
 # PYTHON (python3) let tests/test_training.py run this very script on a CPU at toy scale.
@@ -34,6 +37,9 @@ if [ -f "$carry/init.fp16.pt.xz" ]; then
   init=(--init "$work/init.fp16.pt" --lr "${LR:-1e-3}" --warmup 0.05)
 fi
 export PYTHONPATH=$PWD:$PWD/client PYTHONUNBUFFERED=1
+if [ -d "$carry/fonts" ]; then IQA_FONTS=$(cd "$carry/fonts" && pwd); export IQA_FONTS; fi
+implementations=own
+if "$python" -c "import cv2, skimage, scipy" 2>/dev/null; then implementations=own,reference; fi
 status=0
 {
   nvidia-smi -L 2>/dev/null; nproc; df -h /dev/shm
@@ -46,7 +52,7 @@ print("torch", torch.__version__, "torchvision", torchvision.__version__, "numpy
     ${TRAIN_ARGS:-} || exit
   if [ "$evaluate" = 1 ]; then
     "$python" -m training.evaluate --pool "$pool" --weights "$weights" --device "$device" --workers "$workers" \
-      --photos "$eval_photos" --baselines --plot "$run/eval.png" --json "$run/eval.json" || exit
+      --photos "$eval_photos" --implementations "$implementations" --baselines --plot "$run/eval.png" --json "$run/eval.json" || exit
   fi
 } 2>&1 | tee "$log" || status=${PIPESTATUS[0]}
 cp "$log" "$run/train.txt"

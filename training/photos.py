@@ -22,6 +22,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -53,7 +54,21 @@ DEBIAN_SOURCES: dict[str, tuple[str, ...]] = {
     "lomiri-wallpapers-16.04": ("usr/share/backgrounds/*.jpg",),
     "lomiri-wallpapers-20.04": ("usr/share/backgrounds/*.jpg",),
     "enlightenment-data": ("usr/share/enlightenment/data/backgrounds/*.edj",),  # 400 MB: 4K photos in Edje files
+    # Smooth, dark, low-contrast and shallow-depth-of-field photos (macro, fog, clouds, dusk), 2000-3000 px;
+    # the package's other wallpapers are renders and logos.
+    "lxqt-themes": tuple(
+        f"usr/share/lxqt/wallpapers/{name}"
+        for name in ("Butterfly-Kenneth-Wimer.jpg", "Valendas.png", "after-the-rain.jpg", "appleflower.png", "beam.png",
+                     "butterfly.png", "cloud.png", "drop.png", "flowers.png", "fog.jpg", "this-is-not-windows.jpg")
+    ),
+    "scribus-template": ("usr/share/scribus/templates/*/*.jpg",),  # dusk, moon and eclipse shots, a pizza
+    "digikam-data": ("usr/share/digikam/about/images/body-background.jpg",),  # a 4032x3024 phone photo
 }
+# Packages whose listed files were all checked by eye: their dark skies and black backgrounds fail
+# looks_like_a_photo()'s flat-area test, which is there for folders that mix photos with drawings.
+CHECKED_BY_EYE = {"lxqt-themes", "scribus-template", "digikam-data"}
+# Looked at and left out (no photographs in Debian 12's versions): ukui-wallpapers and gnome-backgrounds
+# (renders and illustrations), lomiri-wallpapers (one drawing), imagemagick-6-doc (logos, a wizard).
 
 
 # Pictures in those folders that pass looks_like_a_photo() but are paintings, renders or gradients.
@@ -87,6 +102,15 @@ def looks_like_a_photo(image: Image.Image) -> bool:
     flat = (np.abs(np.diff(small, axis=1)).max(axis=2) == 0).mean()
     colours = len(np.unique(small.reshape(-1, 3), axis=0))
     return flat < 0.12 and colours > 12000
+
+
+def content_weight(rgb: np.ndarray) -> float:
+    """How often training should draw this photo: 1, plus 1 for each kind of content that is rare in
+    wallpaper collections and hard for the model: dark (mean luma < 0.25), low contrast (luma standard
+    deviation < 0.12) and smooth (over half the picture without detail: shallow depth of field, sky, fog)."""
+    luma = np.asarray(Image.fromarray(rgb).convert("L").resize((128, 96), Image.Resampling.BOX), np.float32) / 255
+    detail = np.abs(np.diff(luma, axis=1))[:-1] + np.abs(np.diff(luma, axis=0))[:, :-1]
+    return 1.0 + float(luma.mean() < 0.25) + float(luma.std() < 0.12) + float((detail < 0.02).mean() > 0.5)
 
 
 def _webps_in_qt_resource(data: bytes) -> list[bytes]:
@@ -153,9 +177,32 @@ def fetch_debian(packages: list[str]) -> dict[str, Path]:
             if not list(debs.glob(f"{package}_*.deb")):
                 subprocess.run(["apt-get", "download", package], cwd=debs, check=True)
             (deb,) = debs.glob(f"{package}_*.deb")
-            subprocess.run(["dpkg", "-x", str(deb), str(root)], check=True)
+            # Unpack beside the target and rename: a half-unpacked tree (a stopped run, or another worktree
+            # sharing the cache) must never pass for a finished one.
+            partial = root.with_name(f"{root.name}.partial-{os.getpid()}")
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            subprocess.run(["dpkg", "-x", str(deb), str(partial)], check=True)
+            try:
+                partial.rename(root)
+            except OSError:  # another run unpacked it first
+                shutil.rmtree(partial)
         roots[package] = root
     return roots
+
+
+def originals(names: set[str]) -> dict[str, Image.Image]:
+    """The pool photos' source pictures at their own size (EXIF-upright RGB), by pool name, for the Debian
+    packages already in the cache (the photos you added from a folder are not kept: they are left out)."""
+    found = {}
+    for package, patterns in DEBIAN_SOURCES.items():
+        root = CACHE / "extract" / package
+        if not root.exists() or not any(name.startswith(f"{package}--") for name in names):
+            continue
+        for stem, open_image in _candidates(package, root, patterns):
+            name = f"{package}/{stem}".replace("/", "--")
+            if name in names:
+                found[name] = ImageOps.exif_transpose(open_image()).convert("RGB")
+    return found
 
 
 def to_pristine(image: Image.Image) -> Image.Image | None:
@@ -247,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, open_image in _candidates(package, root, DEBIAN_SOURCES[package]):
                 if any(marker in name for marker in NOT_PHOTOS):
                     continue
-                add(f"{package}/{name}".replace("/", "--"), open_image, check_photo=True)
+                add(f"{package}/{name}".replace("/", "--"), open_image, check_photo=package not in CHECKED_BY_EYE)
     for folder in args.folder:
         for path in sorted(folder.rglob("*")):
             if path.suffix.lower() in IMAGE_SUFFIXES:

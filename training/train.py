@@ -37,10 +37,13 @@ from iqa.contract import PATCH_SIZE
 from iqa.network import DegradationNet, build_model
 from iqa.preprocess import sample_patches
 from training import photos as photo_pool
+from training import synthetic
 from training.degradations import FAMILIES, random_recipe, type_weights
 from training.evaluate import one_thread, spearman
 
 # ------------------------------------------------------------------ settings
+SYNTHETIC_SHARE = 0.15  # samples whose pristine picture is rendered (text, UI, chart, graphic), not a photo
+CAPTION_SHARE = 0.05  # samples whose photo gets a caption drawn over it
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--pool", type=Path, default=photo_pool.CACHE / "pool", help="photo pool (training.photos)")
 parser.add_argument("--run", type=Path, default=Path("training/runs/default"), help="run directory")
@@ -61,6 +64,11 @@ parser.add_argument("--validate-every", type=float, default=60.0, help="seconds 
 parser.add_argument("--validation-pictures", type=int, default=512)
 parser.add_argument("--checkpoint-every", type=float, default=120.0, help="seconds between checkpoints")
 parser.add_argument("--weights-out", type=Path, help="also write the fp16 weights here")
+parser.add_argument("--synthetic", type=float, default=SYNTHETIC_SHARE,
+                    help="share of samples whose pristine picture is rendered (text pages, UIs, charts, graphics); "
+                    "0: photos only, as the committed weights were trained")
+parser.add_argument("--loader-benchmark", type=int, metavar="N",
+                    help="only time the data: N samples of this mix and of photos alone, on one core, then exit")
 parser.add_argument("--type-weight", action="append", default=[], metavar="TYPE=W",
                     help="a distortion type's weight within its family, in place of training.degradations."
                     "TYPE_WEIGHTS (1 for most types), e.g. motion_blur=2 (repeatable; validation keeps the default mix)")
@@ -87,12 +95,19 @@ def load_pictures(pool: Path, split: str) -> list[np.ndarray]:
 
 
 class DegradedPictures(Dataset):
-    """Sample i: patches uint8 [views, K, 3, P, P] and targets float32 [views, 3], from seed (seed, i)."""
+    """Sample i: patches uint8 [views, K, 3, P, P] and targets float32 [views, 3], from seed (seed, i).
+
+    The pristine picture is a crop of a pool photo (drawn in proportion to photo_pool.content_weight, so
+    dark, low-contrast and smooth photos are not rare), maybe with a caption drawn over it (CAPTION_SHARE),
+    or, for a share `synthetic` of the samples, a non-photographic picture rendered by training.synthetic.
+    """
 
     def __init__(self, pictures: list[np.ndarray], seed: int, views: int, length: int,
-                 weights: dict[str, dict[str, float]] | None = None) -> None:
+                 weights: dict[str, dict[str, float]] | None = None, synthetic: float = SYNTHETIC_SHARE) -> None:
         self.pictures, self.seed, self.views, self.length = pictures, seed, views, length
         self.weights = weights or type_weights()
+        self.synthetic = synthetic
+        self.cumulative = np.cumsum([photo_pool.content_weight(p) for p in pictures])
 
     def __len__(self) -> int:
         return self.length
@@ -100,15 +115,22 @@ class DegradedPictures(Dataset):
     def __getitem__(self, index: int):
         rng = np.random.default_rng([self.seed, index])
         recipe = random_recipe(rng, self.weights)
-        picture = self.pictures[rng.integers(len(self.pictures))]
-        height, width = picture.shape[:2]
-        cap = JPEG2000_MAX_SIDE if any(name == "jpeg2000" for name, _ in recipe.steps) else VIRTUAL_SIDES[1]
-        h = int(rng.integers(VIRTUAL_SIDES[0], min(cap, height) + 1))
-        w = int(rng.integers(VIRTUAL_SIDES[0], min(cap, width) + 1))
-        top, left = int(rng.integers(height - h + 1)), int(rng.integers(width - w + 1))
-        crop = picture[top : top + h, left : left + w]
-        if rng.random() < 0.5:
-            crop = crop[:, ::-1]
+        cap = JPEG2000_MAX_SIDE if any(step[0] == "jpeg2000" for step in recipe.steps) else VIRTUAL_SIDES[1]
+        source = rng.random()
+        if source < self.synthetic:
+            h, w = (int(rng.integers(VIRTUAL_SIDES[0], cap + 1)) for _ in range(2))
+            crop = synthetic.render(rng, w, h)
+        else:
+            picture = self.pictures[int(np.searchsorted(self.cumulative, rng.random() * self.cumulative[-1], "right"))]
+            height, width = picture.shape[:2]
+            h = int(rng.integers(VIRTUAL_SIDES[0], min(cap, height) + 1))
+            w = int(rng.integers(VIRTUAL_SIDES[0], min(cap, width) + 1))
+            top, left = int(rng.integers(height - h + 1)), int(rng.integers(width - w + 1))
+            crop = picture[top : top + h, left : left + w]
+            if rng.random() < 0.5:
+                crop = crop[:, ::-1]
+            if source < self.synthetic + CAPTION_SHARE:
+                crop = synthetic.caption(np.ascontiguousarray(crop), rng)
         degraded = recipe.apply(np.ascontiguousarray(crop), rng)
         groups = [sample_patches(degraded)]
         for _ in range(self.views - 1):  # a sub-window of the same degraded picture, turned or mirrored
@@ -132,11 +154,15 @@ def loader(dataset: Dataset, batch: int, workers: int, start: int = 0, drop_last
 def pooled_logits(model: DegradationNet, patches: torch.Tensor) -> torch.Tensor:
     """uint8 [B, K, 3, P, P] -> [B, 3] logits pooled over each picture's patches, as the served model pools."""
     flat = patches.flatten(0, 1).contiguous(memory_format=torch.channels_last)
-    return model.pool(model.patch_logits(flat).unflatten(0, patches.shape[:2]).float())
+    return model.pool(model.patch_logits(flat).unflatten(0, patches.shape[:2]).float(), model.patch_evidence(patches))
 
 
 def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.binary_cross_entropy_with_logits(logits, targets)
+    """Binary cross entropy over the pictures that hold evidence; a flat one (logit -inf, a fixed score) teaches nothing."""
+    keep = torch.isfinite(logits)
+    per_score = torch.nn.functional.binary_cross_entropy_with_logits(
+        torch.where(keep, logits, torch.zeros_like(logits)), targets, reduction="none")
+    return (per_score * keep).sum() / keep.sum().clamp_min(1)
 
 
 @torch.no_grad()
@@ -182,8 +208,30 @@ def parse_type_weights(items: list[str]) -> dict[str, dict[str, float]]:
         parser.error(f"--type-weight: {error}")
 
 
+def loader_benchmark(args: argparse.Namespace, weights: dict[str, dict[str, float]]) -> None:
+    """Milliseconds per degraded picture on one core (what a DataLoader worker spends), for the mix asked
+    for and for the same mix on photos alone, interleaved so that both see the same machine load."""
+    one_thread()
+    pictures = load_pictures(args.pool, "train")
+    sets = {f"--synthetic {args.synthetic}": DegradedPictures(pictures, args.seed, args.views, args.loader_benchmark,
+                                                               weights, args.synthetic),
+            "--synthetic 0": DegradedPictures(pictures, args.seed, args.views, args.loader_benchmark, weights, 0.0)}
+    spent = dict.fromkeys(sets, 0.0)
+    for index in range(args.loader_benchmark):
+        for name, dataset in sets.items():
+            start = time.perf_counter()
+            dataset[index]
+            spent[name] += time.perf_counter() - start
+    for name, seconds in spent.items():
+        print(f"{name}: {1000 * seconds / args.loader_benchmark:.1f} ms per degraded picture ({args.views} views), "
+              f"{args.loader_benchmark} samples")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
+    if args.loader_benchmark:
+        loader_benchmark(args, parse_type_weights(args.type_weight))
+        return 0
     run = args.resume or args.run
     run.mkdir(parents=True, exist_ok=True)
     checkpoint_path = run / "checkpoint.pt"
@@ -222,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         step, elapsed_before = checkpoint["step"], checkpoint["elapsed"]
 
     t0 = time.perf_counter()
-    train_set = DegradedPictures(load_pictures(args.pool, "train"), args.seed, args.views, args.steps * args.batch, weights)
+    train_set = DegradedPictures(load_pictures(args.pool, "train"), args.seed, args.views, args.steps * args.batch, weights,
+                                 args.synthetic)
     val_set = DegradedPictures(load_pictures(args.pool, "validation"), args.seed + 1, 1, args.validation_pictures)
     val_batches = list(loader(val_set, min(args.batch, 64), args.workers, drop_last=False))  # every picture, however few
     print(f"{len(train_set.pictures)} train / {len(val_set.pictures)} validation pictures, "
