@@ -4,7 +4,8 @@
 # Serves the repository with the real tritonserver (iqa_resnet50 KIND_GPU through the Python-backend
 # TorchScript runner: the libtorch backend is NGC-only), then runs loadtest/bench.py on the GPU:
 # (a) eager fp32 and fp16 in-process, (b) TorchScript, (c) the ensemble at rising concurrency,
-# with the network served in fp16, and the CPU-side decode + sampling cost. Results go to $OUT.
+# with the network served in fp16, and the CPU-side decode + sampling cost; then loadtest/first_batch.py
+# (JIT settings at new batch sizes). Results go to $OUT.
 set -euo pipefail
 out=${OUT:-/tmp/iqa-gpu-out}; mkdir -p "$out"
 # shellcheck source=loadtest/gpu/setup.sh
@@ -17,3 +18,8 @@ fi
 python3 -m loadtest.bench --device cuda --fp16 ${BENCH_ARGS:---batches 1 8 32 --concurrency 1 8 32 64 128 --seconds 15} \
   2>&1 | grep -v -E '^[IWE][0-9]{4} ' | tee "$out/bench.txt"
 cp .run/bench-on/tritonserver.log "$out/tritonserver.log" 2>/dev/null || true
+# The first call at each new batch size under the PyTorch backend's three JIT settings (the committed
+# config disables optimised execution: README "Precision and first requests"); FIRST_BATCH=0 skips it.
+if [ "${FIRST_BATCH:-1}" != 0 ]; then
+  python3 -m loadtest.first_batch --device cuda --repeats 5 --rounds 2 2>&1 | grep -v -i warn | tee "$out/first_batch.txt"
+fi
