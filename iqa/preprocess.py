@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import warnings
 
 import numpy as np
@@ -106,7 +107,11 @@ def decode(data: bytes) -> np.ndarray:
     except UnidentifiedImageError:
         raise ImageError(_unidentified(data)) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageError(f"decompression bomb guard: {err}") from None
+        # Pillow's own guard fired before ours could read the size (it refuses more than twice its
+        # limit at open): name our limit, not Pillow's.
+        pixels = re.search(r"\((\d+) pixels\)", str(err))
+        size = f"image is {pixels[1]} pixels, " if pixels else ""
+        raise ImageError(f"{size}more than the limit of {MAX_IMAGE_PIXELS} (decompression bomb guard)") from None
     except (OSError, SyntaxError, ValueError, EOFError, RuntimeError) as err:
         # Pillow reports truncated and corrupt streams as OSError / SyntaxError; pillow-heif reports
         # libheif's refusals (security limits, allocation) as RuntimeError.

@@ -100,11 +100,19 @@ def _rows(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1 (Locust's own refusal would name --spawn-rate, which the user never gave)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     parser.add_argument("--url", help="gRPC host:port of a running server (else 127.0.0.1:8001 if it answers, "
                                       "else a local server started for the run)")
-    parser.add_argument("--users", type=int, default=8, help="concurrent Locust users (ignored with --find-knee)")
+    parser.add_argument("--users", type=positive_int, default=8, help="concurrent Locust users (ignored with --find-knee)")
     parser.add_argument("--run-time", type=duration_s, default="60s",
                         help="how long to load, in Locust's syntax: 90, 20s, 2m, 1h30m (ignored with --find-knee)")
     parser.add_argument("--max-requests", type=int, default=20000, help="stop after this many requests")

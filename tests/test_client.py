@@ -278,6 +278,9 @@ def test_exit_status_0_and_1_and_each_failure_named_once(triton, tmp_path, capsy
     not_a_video.write_bytes(b"not a video")
     assert cli.main(["video", str(not_a_video), "--url", triton.grpc_url]) == 1
     assert "cannot read a video stream" in capsys.readouterr().err
+    # FFmpeg would read a still picture as a one-frame video: refused as no video, not scored as one
+    assert cli.main(["video", str(good), "--url", triton.grpc_url]) == 1
+    assert "is a still image (image2), not a video" in capsys.readouterr().err
     assert cli.main(["health", "--url", triton.grpc_url]) == 0
     assert json.loads(capsys.readouterr().out)["model_ready"] is True
 

@@ -210,28 +210,47 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_a_killed_launcher_takes_its_server_down(tmp_path):
+def _group(pgid: int) -> list[str]:
+    """Command lines of the live processes in process group `pgid`."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                members.append((stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            continue
+    return members
+
+
+def test_a_killed_launcher_takes_its_server_and_its_stubs_down(tmp_path):
     program = (
         "import time\n"
         "from pathlib import Path\n"
         "from iqa.serving.launcher import Ports, TritonServer, free_ports\n"
         f"server = TritonServer(ports=Ports(*free_ports(3)), run_dir=Path({str(tmp_path)!r}),\n"
         f"                      log_file=Path({str(tmp_path / 'log')!r}), exit_timeout_s=5).start()\n"
-        "print(server.process.pid, flush=True)\n"
+        "print(server.process.pid, server.shm_prefix, flush=True)\n"
         "time.sleep(600)\n"
     )
     parent = subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE, text=True)
     try:
-        server_pid = int(parent.stdout.readline())
-        time.sleep(2)
-        assert _alive(server_pid)
+        pid, prefix = parent.stdout.readline().split()
+        server_pid = int(pid)
+        # Kill it while the models load: a stub still starting is what used to be left behind, orphaned.
+        deadline = time.monotonic() + 60
+        while not any("triton_python_backend_stub" in c for c in _group(server_pid)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert any("triton_python_backend_stub" in c for c in _group(server_pid)), "no stub started"
     finally:
         parent.kill()  # SIGKILL: no handler in the parent gets to run
         parent.wait()
     deadline = time.monotonic() + 60
-    while _alive(server_pid) and time.monotonic() < deadline:
+    while _group(server_pid) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not _alive(server_pid), "tritonserver outlived the process that started it"
+    assert not _group(server_pid), f"left behind: {_group(server_pid)}"
+    assert not list(Path("/dev/shm").glob(f"{prefix}*")), "shared-memory regions left behind"
 
 
 def test_the_start_up_log_says_plainly_when_the_model_is_untrained(tmp_path, caplog):
@@ -245,7 +264,7 @@ def test_the_start_up_log_says_plainly_when_the_model_is_untrained(tmp_path, cap
 
 def test_the_admin_secret_reaches_the_server_but_not_the_log(tmp_path, caplog, monkeypatch):
     server = TritonServer(ports=Ports(*launcher.free_ports(3)), run_dir=tmp_path)
-    monkeypatch.setattr(subprocess, "Popen", lambda args, **kwargs: type("P", (), {"args": args})())
+    monkeypatch.setattr(subprocess, "Popen", lambda args, **kwargs: type("P", (), {"args": args, "pid": 0})())
     with caplog.at_level("INFO", logger="iqa.launcher"):
         server.start()
     assert any(server.admin.secret in arg for arg in server.process.args)

@@ -161,3 +161,10 @@ def test_the_load_test_grpc_client_closes_its_channel_once():
     client.close()
     client.__del__()  # what garbage collection calls
     assert closes == [1]
+
+
+@pytest.mark.parametrize("users", ["0", "-2"])
+def test_fewer_than_one_user_is_a_usage_error_naming_users(users, capsys):
+    with pytest.raises(SystemExit) as stop:
+        run.parser().parse_args(["--users", users])
+    assert stop.value.code == 2 and f"argument --users: must be at least 1, got '{users}'" in capsys.readouterr().err

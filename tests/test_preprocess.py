@@ -1,13 +1,24 @@
 """Decoding and patch sampling in-process (the same code the iqa_preprocess model runs)."""
 
+import io
+import struct
 import subprocess
 import sys
+import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from iqa.contract import ACCEPTED_FORMATS, IMAGE_SUFFIXES, MAX_IMAGE_BYTES, PATCH_GRID, PATCH_SHAPE, PATCH_SIZE
+from iqa.contract import (
+    ACCEPTED_FORMATS,
+    IMAGE_SUFFIXES,
+    MAX_IMAGE_BYTES,
+    MAX_IMAGE_PIXELS,
+    PATCH_GRID,
+    PATCH_SHAPE,
+    PATCH_SIZE,
+)
 from iqa.preprocess import ImageError, decode, preprocess, sample_patches
 from tests import odd_images
 from tests.odd_images import CASES, encode, photo
@@ -123,6 +134,19 @@ def test_a_heic_or_avif_declaring_too_many_pixels_is_refused_before_decoding(fmt
     with pytest.raises(ImageError) as caught:
         decode(data)
     assert "decompression bomb" in str(caught.value) and "100000000 pixels" in str(caught.value)
+
+
+@pytest.mark.parametrize("side", [9000, 20000])  # above our limit; above twice Pillow's, which it refuses itself
+def test_a_decompression_bomb_is_refused_naming_the_services_limit(side):
+    png = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(png, "PNG")
+    data = png.getvalue()
+    ihdr = data.index(b"IHDR")  # the declared size, then the chunk's CRC, which Pillow checks
+    header = b"IHDR" + struct.pack(">II", side, side) + data[ihdr + 12 : ihdr + 17]
+    data = data[: ihdr] + header + struct.pack(">I", zlib.crc32(header)) + data[ihdr + 21 :]
+    with pytest.raises(ImageError) as caught:
+        decode(data)
+    assert f"image is {side * side} pixels, more than the limit of {MAX_IMAGE_PIXELS}" in str(caught.value)
 
 
 def test_accepted_formats_and_folder_suffixes_agree_with_pillow():

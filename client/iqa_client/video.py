@@ -39,6 +39,10 @@ class FrameSampler:
         self.path = os.fspath(path)
         try:
             with av.open(self.path) as container:
+                if container.format.name == "image2" or container.format.name.endswith("_pipe"):
+                    # FFmpeg opens a still picture as a one-frame video (jpeg_pipe, png_pipe, ...).
+                    raise IQAError(f"{self.path} is a still image ({container.format.name}), not a video: "
+                                   "score it as an image (`iqa score`, IQAClient.score)")
                 stream = container.streams.video[0]
                 duration = (float(stream.duration * stream.time_base) if stream.duration
                             else container.duration / 1e6 if container.duration else None)

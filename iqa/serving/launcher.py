@@ -11,8 +11,8 @@
    a `model.py` in backends/pytorch/ run by the Python backend) serves the same model.pt with
    iqa.serving.torchscript_model, so `backend: "pytorch"` loads unchanged. A runtime copy in
    .run/model_repository/ (links to the committed files) carries only the changes this machine
-   forces, each logged (MACHINE_CHANGES): without a GPU, KIND_GPU -> KIND_CPU and one preprocessing
-   instance;
+   forces, each logged (MACHINE_CHANGES): without a GPU, KIND_GPU -> KIND_CPU, one preprocessing
+   instance and the CPU's queue policy;
 4. starts the server in explicit model-control mode with the model-repository API locked
    behind a per-run secret header, waits until every model is ready, and stops it cleanly on
    SIGINT / SIGTERM;
@@ -24,6 +24,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -372,6 +373,7 @@ class TritonServer:
     trained: bool = False  # set at start from the record inside model.pt
     guard: Watchdog | None = None
     health: HealthServer | None = None
+    janitor: subprocess.Popen | None = None  # cleans up after the server if this process is killed (start())
 
     @property
     def grpc_url(self) -> str:
@@ -380,6 +382,11 @@ class TritonServer:
     @property
     def http_url(self) -> str:
         return f"127.0.0.1:{self.ports.http}"
+
+    @property
+    def shm_prefix(self) -> str:
+        """The name prefix of this server's Python-backend regions in /dev/shm (one server per gRPC port)."""
+        return f"iqa_{os.getpid()}_{self.ports.grpc}_"
 
     @property
     def health_url(self) -> str:
@@ -420,7 +427,7 @@ class TritonServer:
             f"--backend-config=python,shm-default-byte-size={SHM_DEFAULT_BYTES}",
             f"--backend-config=python,shm-growth-byte-size={SHM_GROWTH_BYTES}",
             # Shared-memory regions are named per server, so several servers can share a machine.
-            f"--backend-config=python,shm-region-prefix-name=iqa_{os.getpid()}_{self.ports.grpc}_",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             *self.extra_args,
         ]
         return args, server_environment(binary)
@@ -450,6 +457,14 @@ class TritonServer:
         finally:
             if output:
                 output.close()
+        # If this process is killed, the server gets SIGTERM (_terminate_with_parent) and exits, but a
+        # Python-backend stub still starting then can deadlock in its own exit and live on, orphaned
+        # (seen: the network's stub, ~1 GB, when the launcher was killed during start-up). The janitor
+        # outlives this process: once both it and the server are gone, it kills what is left of the
+        # server's process group and removes its shared-memory regions. stop() does the same itself.
+        self.janitor = subprocess.Popen(["/bin/sh", "-c", _JANITOR, "iqa-janitor", str(os.getpid()), str(self.process.pid),
+                                         self.shm_prefix], start_new_session=True, stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return self
 
     def wait_ready(self) -> None:
@@ -496,6 +511,26 @@ class TritonServer:
             self.guard = self.health = None
 
     def _stop_server(self) -> int | None:
+        try:
+            return self._stop_process()
+        finally:
+            self._clean_up_after_server()
+
+    def _clean_up_after_server(self) -> None:
+        """Once the server has exited: SIGKILL what is left of its process group (stubs it left behind)
+        and remove its regions in /dev/shm (a killed stub's region is never removed by Triton)."""
+        if self.process is None or self.process.poll() is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        for region in Path("/dev/shm").glob(f"{self.shm_prefix}*"):
+            region.unlink(missing_ok=True)
+        if self.janitor is not None:
+            self.janitor.kill()
+            self.janitor.wait()
+            self.janitor = None
+
+    def _stop_process(self) -> int | None:
         if self.process is None or self.process.poll() is not None:
             return None if self.process is None else self.process.returncode
         self.process.send_signal(signal.SIGTERM)
@@ -529,6 +564,12 @@ class TritonServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+# Run by /bin/sh with $1 the launcher's PID, $2 the server's (its process group), $3 the region prefix.
+_JANITOR = ('while kill -0 "$1" 2>/dev/null; do sleep 1; done; '
+            'while kill -0 "$2" 2>/dev/null; do sleep 1; done; '
+            'kill -KILL "-$2" 2>/dev/null; rm -f /dev/shm/"$3"*')
 
 
 def _terminate_with_parent() -> None:
