@@ -10,8 +10,15 @@ heavy so that a client can use it without torch.
 # --- the public wire contract: scores (order = network output channels) and names ---
 # Lives in the client package, which has no torch, and is re-exported here.
 from iqa_client.contract import (  # noqa: F401  (re-exported)
+    CELL_BOXES,
+    CELL_SCORES,
     ENSEMBLE_MODEL,
+    GRID,
     IMAGE_INPUT,
+    IMAGE_SIZE,
+    MAP_MODEL,
+    MAP_OUTPUTS,
+    MAX_CELLS,
     MODELSCOPE_LABELS,
     OVERLOAD_MESSAGES,
     SCORE_NAMES,
@@ -43,3 +50,12 @@ PATCH_DTYPE = "uint8"  # values 0..255; the network scales them to [0, 1] itself
 MAX_IMAGE_BYTES = 32 * 1024 * 1024  # encoded size
 MAX_IMAGE_PIXELS = 64_000_000  # decoded width * height (decompression bombs)
 MIN_IMAGE_SIDE = 32  # below this there is no texture to judge
+
+# --- the degradation map (iqa_degradation_map): its own preprocessing, the same weights ------------
+MAP_PREPROCESS_MODEL = "iqa_map_preprocess"
+CELLS_NETWORK_MODEL = "iqa_resnet50_cells"  # a second export of the weights iqa_resnet50 serves
+CELLS = "CELLS"  # map preprocess output, UINT8 CELLS_SHAPE; all-zero cells past the grid
+CELLS_SHAPE = (MAX_CELLS, CHANNELS, PATCH_SIZE, PATCH_SIZE)
+# The network reads the cell count from GRID (rows * columns) and runs only the real cells.
+CELLS_NETWORK_INPUTS = (f"{CELLS}__0", f"{GRID}__1")
+CELLS_NETWORK_OUTPUTS = (f"{CELL_SCORES}__0", *(f"{name}__{i}" for i, name in enumerate(SCORE_NAMES, start=1)))

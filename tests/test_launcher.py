@@ -32,14 +32,15 @@ def test_the_wheel_server_is_found_by_default():
     assert launcher.find_tritonserver().name == "tritonserver"
 
 
-def test_without_libtorch_or_gpu_the_network_runs_in_the_python_runner(tmp_path):
+@pytest.mark.parametrize("model", launcher.NETWORK_MODELS)  # the 4-patch network and the map's cells network
+def test_without_libtorch_or_gpu_the_network_runs_in_the_python_runner(tmp_path, model):
     repository, changes = launcher.prepare_repository(launcher.DEFAULT_REPOSITORY, tmp_path, libtorch=False, gpus=0)
-    network = (repository / "iqa_resnet50" / "config.pbtxt").read_text()
+    network = (repository / model / "config.pbtxt").read_text()
     assert 'backend: "python"' in network and "KIND_CPU" in network and "KIND_GPU" not in network
-    assert "iqa.serving.torchscript_model" in (repository / "iqa_resnet50" / "1" / "model.py").read_text()
-    assert any("Python-backend TorchScript runner" in c for c in changes)
+    assert "iqa.serving.torchscript_model" in (repository / model / "1" / "model.py").read_text()
+    assert any(c.startswith(f"{model}: ") and "Python-backend TorchScript runner" in c for c in changes)
     # the committed repository itself is untouched: it stays the production (libtorch, GPU) one
-    committed = (launcher.DEFAULT_REPOSITORY / "iqa_resnet50" / "config.pbtxt").read_text()
+    committed = (launcher.DEFAULT_REPOSITORY / model / "config.pbtxt").read_text()
     assert 'backend: "pytorch_libtorch"' in committed and "KIND_GPU" in committed
 
 

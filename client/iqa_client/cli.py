@@ -2,6 +2,7 @@
 
     iqa score photo.jpg shots/ --recursive --csv > scores.csv
     iqa video clip.mp4 --frames 64 --plot timeline.png
+    iqa map photo.jpg --plot map.png
     iqa health
 
 Exit status: 0 when everything was scored, 1 when any item failed (listed on stderr),
@@ -18,7 +19,8 @@ import sys
 from pathlib import Path
 
 from iqa_client.client import DEFAULT_URL, IQAClient
-from iqa_client.errors import IQAError
+from iqa_client.contract import MAP_MODEL
+from iqa_client.errors import BadImageError, IQAError
 from iqa_client.result import Scores
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
@@ -121,6 +123,28 @@ def cmd_video(client: IQAClient, args) -> int:
     return 1 if report.frames_failed or not report.frames else 0
 
 
+def cmd_map(client: IQAClient, args) -> int:
+    try:
+        scored = client.score_map(args.file)
+    except BadImageError as err:
+        print(f"iqa: failed: {args.file}: {err}", file=sys.stderr)
+        return 1
+    if args.format == "json":
+        print(scored.to_json(indent=2))
+    else:
+        pooled = scored.pooled
+        print(f"{args.file}: {scored.width}x{scored.height}, {scored.rows} x {scored.columns} cells")
+        print(f"  pooled  noise {pooled.noise:.3f}  blur {pooled.blur:.3f}  compression {pooled.compression:.3f}")
+        for name in ("noise", "blur", "compression"):
+            print(f"  {name} per cell, top row first:")
+            for row in scored.array(name):
+                print("    " + " ".join(f"{value:.2f}" for value in row))
+    if args.plot:
+        scored.plot(args.plot)
+        print(f"iqa: map written to {args.plot}", file=sys.stderr)
+    return 0
+
+
 def cmd_health(client: IQAClient, args) -> int:
     health = client.health()
     print(json.dumps(health.__dict__))
@@ -157,6 +181,12 @@ def parser() -> argparse.ArgumentParser:
     video.add_argument("--json", dest="format", action="store_const", const="json")
     video.add_argument("--concurrency", type=int, default=8)
 
+    mapping = commands.add_parser("map", parents=[common], help="scores per region of one image (degradation map)")
+    mapping.add_argument("file")
+    mapping.add_argument("--plot", help="write the picture under a heat map of each score here (PNG, JPEG, PDF, SVG)")
+    mapping.add_argument("--json", dest="format", action="store_const", const="json")
+    mapping.add_argument("--map-model", default=MAP_MODEL, help=f"the map ensemble (default {MAP_MODEL})")
+
     commands.add_parser("health", parents=[common], help="is the server live and the model ready?")
     return top
 
@@ -172,8 +202,10 @@ def main(argv: list[str] | None = None) -> int:
         headers[key] = value
     try:
         with IQAClient(args.url, model=args.model, timeout=args.timeout, ssl=args.tls,
-                       root_certificates=args.ca_cert, headers=headers, connect=args.command != "health") as client:
-            return {"score": cmd_score, "video": cmd_video, "health": cmd_health}[args.command](client, args)
+                       root_certificates=args.ca_cert, headers=headers, connect=args.command != "health",
+                       map_model=getattr(args, "map_model", MAP_MODEL)) as client:
+            return {"score": cmd_score, "video": cmd_video, "map": cmd_map,
+                    "health": cmd_health}[args.command](client, args)
     except IQAError as err:
         print(f"iqa: {err}", file=sys.stderr)
         return 2

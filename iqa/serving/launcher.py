@@ -38,13 +38,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from iqa.contract import ENSEMBLE_MODEL, NETWORK_MODEL, PREPROCESS_MODEL
+from iqa.contract import (
+    CELLS_NETWORK_MODEL,
+    ENSEMBLE_MODEL,
+    MAP_MODEL,
+    MAP_PREPROCESS_MODEL,
+    NETWORK_MODEL,
+    PREPROCESS_MODEL,
+)
 from iqa.serving.watchdog import AdminAccess, HealthServer, Watchdog, answers_200
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_REPOSITORY = REPO / "model_repository"
 DEFAULT_RUN_DIR = REPO / ".run"
-MODELS = (PREPROCESS_MODEL, NETWORK_MODEL, ENSEMBLE_MODEL)
+MODELS = (PREPROCESS_MODEL, NETWORK_MODEL, ENSEMBLE_MODEL, MAP_PREPROCESS_MODEL, CELLS_NETWORK_MODEL, MAP_MODEL)
+NETWORK_MODELS = (NETWORK_MODEL, CELLS_NETWORK_MODEL)  # TorchScript model.pt files, served alike
+PREPROCESS_MODELS = (PREPROCESS_MODEL, MAP_PREPROCESS_MODEL)
 # Room for a full dynamic batch of preprocess output (32 x 4 x 3 x 128 x 128 bytes = 6.3 MB)
 # in the Python backend's shared memory without growing it on the hot path.
 PYTHON_SHM_BYTES = 16 * 1024 * 1024
@@ -163,9 +172,10 @@ def prepare_repository(source: Path, run_dir: Path, *, libtorch: bool, gpus: int
     missing = [m for m in MODELS if not (source / m / "config.pbtxt").is_file()]
     if missing:
         raise LaunchError(f"{source} lacks the models {missing}")
-    model_pt = source / NETWORK_MODEL / "1" / "model.pt"
-    if not model_pt.is_file():
-        raise LaunchError(f"{model_pt} is missing: export it first with `make export` (python -m conversion.export)")
+    for network in NETWORK_MODELS:
+        model_pt = source / network / "1" / "model.pt"
+        if not model_pt.is_file():
+            raise LaunchError(f"{model_pt} is missing: export it first with `make export` (python -m conversion.export)")
 
     target = run_dir / "model_repository"
     shutil.rmtree(target, ignore_errors=True)
@@ -175,7 +185,7 @@ def prepare_repository(source: Path, run_dir: Path, *, libtorch: bool, gpus: int
     for model in MODELS:
         config_path = target / model / "config.pbtxt"
         config = config_path.read_text()
-        if model == NETWORK_MODEL and not libtorch:
+        if model in NETWORK_MODELS and not libtorch:
             config = config.replace('backend: "pytorch_libtorch"', 'backend: "python"')
             (target / model / "1" / "model.py").write_text(_RUNNER_MODEL_PY)
             changes.append(f"{model}: pytorch_libtorch backend absent, serving model.pt with the Python-backend "
@@ -183,7 +193,7 @@ def prepare_repository(source: Path, run_dir: Path, *, libtorch: bool, gpus: int
         if gpus == 0 and "KIND_GPU" in config:
             config = config.replace("KIND_GPU", "KIND_CPU")
             changes.append(f"{model}: no GPU on this machine, KIND_GPU -> KIND_CPU")
-        if gpus == 0 and model == PREPROCESS_MODEL:
+        if gpus == 0 and model in PREPROCESS_MODELS:
             # Several decode instances pay off only when a GPU runs the network (BENCHMARKS.md); on
             # CPU the network takes ~90 % of the time and extra decoders only compete with it.
             single = re.sub(r"count: *\d+", "count: 1", config)

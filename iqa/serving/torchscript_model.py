@@ -2,8 +2,10 @@
 
 The libtorch backend ships only in NVIDIA's NGC container. Elsewhere the
 launcher puts a one-line model.py that imports this class beside model.pt and
-switches `iqa_resnet50` to `backend: "python"`: same config, same tensors,
-same TorchScript file, run by the torch in the server's Python environment.
+switches `iqa_resnet50` (and the map's `iqa_resnet50_cells`) to `backend: "python"`: same
+config, same tensors, same TorchScript file, run by the torch in the server's Python environment.
+Like the libtorch backend, it binds tensors by position: the config's inputs, in order, are the
+module's arguments, and its outputs, in order, the module's results.
 """
 
 import json
@@ -12,8 +14,6 @@ import os
 import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
-
-from iqa.contract import NETWORK_INPUT, NETWORK_OUTPUTS
 
 
 class TritonPythonModel:
@@ -30,17 +30,19 @@ class TritonPythonModel:
             self.model = self.model.half()
         elif precision != "fp32":
             raise pb_utils.TritonModelException(f"precision must be fp32 or fp16, not {precision!r}")
-        self.output_names = [output["name"] for output in config["output"]]
-        if tuple(self.output_names) != NETWORK_OUTPUTS:
-            raise pb_utils.TritonModelException(f"config outputs {self.output_names} != {NETWORK_OUTPUTS}")
+        self.input_names = [tensor["name"] for tensor in config["input"]]
+        self.output_names = [tensor["name"] for tensor in config["output"]]
+        for names in (self.input_names, self.output_names):
+            if [name.rpartition("__")[2] for name in names] != [str(i) for i in range(len(names))]:
+                raise pb_utils.TritonModelException(f"tensor names {names} do not follow libtorch's <name>__<index>")
 
     def execute(self, requests):
         # One forward pass for the whole dynamic batch, then split it back per request.
-        arrays = [pb_utils.get_input_tensor_by_name(r, NETWORK_INPUT).as_numpy() for r in requests]
-        sizes = [len(a) for a in arrays]
-        batch = torch.from_numpy(np.concatenate(arrays) if len(arrays) > 1 else arrays[0]).to(self.device)
+        arrays = [[pb_utils.get_input_tensor_by_name(r, name).as_numpy() for r in requests] for name in self.input_names]
+        sizes = [len(a) for a in arrays[0]]
+        batch = [torch.from_numpy(np.concatenate(a) if len(a) > 1 else a[0]).to(self.device) for a in arrays]
         with torch.inference_mode():
-            scores = [s.float().cpu().numpy() for s in self.model(batch)]
+            scores = [s.float().cpu().numpy() for s in self.model(*batch)]
         responses, start = [], 0
         for size in sizes:
             tensors = [pb_utils.Tensor(name, s[start : start + size]) for name, s in zip(self.output_names, scores)]

@@ -1,58 +1,18 @@
 """Triton Python-backend model `iqa_preprocess`: encoded image bytes -> uint8 patches.
 
-Glue only: the decoding and sampling live in iqa.preprocess. Each request gets
-exactly one response; an image that cannot be decoded fails its own request
-and no other in the dynamic batch.
+Glue only: the decoding and sampling live in iqa.preprocess, the batching and the per-request
+errors (a bad image fails its own request, no other in the dynamic batch) in
+iqa.serving.preprocess_model.
 """
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-from iqa.contract import IMAGE_INPUT, PATCHES
-from iqa.preprocess import ImageError, preprocess
+from iqa.contract import PATCHES
+from iqa.preprocess import preprocess
+from iqa.serving.preprocess_model import PreprocessModel
 
 
-class TritonPythonModel:
-    def initialize(self, args):
-        # Pillow's decoders release the GIL, so a dynamic batch decodes in parallel.
-        threads = len(os.sched_getaffinity(0))
-        self.pool = ThreadPoolExecutor(max_workers=max(1, min(threads, 8)), thread_name_prefix="decode")
+class TritonPythonModel(PreprocessModel):
+    outputs = (PATCHES,)
 
-    def execute(self, requests):
-        images = [pb_utils.get_input_tensor_by_name(r, IMAGE_INPUT).as_numpy().reshape(-1) for r in requests]
-        flat = [bytes(item) for rows in images for item in rows]
-        outcomes = list(self.pool.map(_try_preprocess, flat))
-
-        responses, start = [], 0
-        for rows in images:
-            mine = outcomes[start : start + len(rows)]
-            start += len(rows)
-            failures = [(i, err) for i, err in enumerate(mine) if isinstance(err, Exception)]
-            if failures:
-                responses.append(_error_response(failures, len(rows)))
-            else:
-                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(PATCHES, np.stack(mine))]))
-        return responses
-
-    def finalize(self):
-        self.pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _try_preprocess(data):
-    try:
-        return preprocess(data)
-    except Exception as err:  # reported per request below; never fails the batch
-        return err
-
-
-def _error_response(failures, rows):
-    index, err = failures[0]
-    where = f"image {index} of {rows} in this request: " if rows > 1 else ""
-    if isinstance(err, ImageError):
-        code, message = pb_utils.TritonError.INVALID_ARG, f"bad image: {where}{err}"
-    else:
-        code, message = pb_utils.TritonError.INTERNAL, f"preprocessing failed: {where}{type(err).__name__}: {err}"
-    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
+    @staticmethod
+    def prepare(data):
+        return (preprocess(data),)
