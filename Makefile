@@ -48,6 +48,7 @@ test: $(MODEL) $(CELLS_MODEL) $(DEPLOY_STAMP)
 bench: $(MODEL) $(CELLS_MODEL)
 	$(PY) -m loadtest.bench $(BENCH_ARGS)
 	$(PY) -m loadtest.client_bench
+	$(PY) -m loadtest.map_bench
 
 # Locust, headless and bounded (LOADTEST_ARGS: --users, --run-time, --find-knee, --url, --debian).
 loadtest: $(MODEL) $(CELLS_MODEL)

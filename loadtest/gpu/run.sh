@@ -27,3 +27,11 @@ fi
 python3 -m loadtest.bench --device cuda --fp16 ${BENCH_ARGS:---batches 1 8 32 --concurrency 1 8 32 64 128 --seconds 15} \
   2>&1 | grep -v -E '^[IWE][0-9]{4} ' | tee "$out/bench.txt"
 cp .run/bench-on/tritonserver.log "$out/tritonserver.log" 2>/dev/null || true
+# MAP_BENCH_ARGS (e.g. "--large --concurrency 1 16 64 --seconds 10 --rounds 2"): also the degradation map
+# against the 4-patch ensemble on the same photos (loadtest/map_bench.py; its stability part is CPU work
+# and is measured off the GPU machine).
+if [ -n "${MAP_BENCH_ARGS:-}" ]; then
+  # shellcheck disable=SC2086  # MAP_BENCH_ARGS is a list of words
+  python3 -m loadtest.map_bench --cost-only ${MAP_BENCH_ARGS} 2>&1 | grep -v -E '^[IWE][0-9]{4} ' | tee "$out/map_bench.txt"
+  cp .run/map-bench/tritonserver.log "$out/map_tritonserver.log" 2>/dev/null || true
+fi
