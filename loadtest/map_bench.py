@@ -4,7 +4,8 @@
     python -m loadtest.map_bench --stability-only | --cost-only
 
 1. Network cost in process: the 4-patch network and the map's cells network on each preprocessed
-   photo, one image per call, alternating call by call; median ms per image and their ratio.
+   photo, one image per call, alternating call by call; median wall-clock ms per image and the
+   process's CPU ms per image (all threads; what a busy shared machine distorts least), and the ratios.
 2. Cost through a real tritonserver (started here on free ports, or --url): closed-loop gRPC
    clients on the same photos, one image per request, the two ensembles measured in alternation
    for --rounds rounds (a shared machine drifts; alternation keeps each pair comparable). Prints
@@ -83,26 +84,31 @@ def network_cost(photo_sets: dict[str, list[bytes]], seconds: float, device: str
     net = eager_twin(MODEL_PT).to(device)
     cell_map = CellMap(net).eval()
     print(f"\nnetwork cost in process ({device}), one image per call, the two networks alternating for {seconds:g} s")
-    print(f"{'photos':<26} {'4-patch ms':>10} {'map ms':>8} {'map / 4-patch':>14} {'cells / image':>14}")
+    print(f"{'photos':<26} {'cells/image':>11} {'4-patch ms':>10} {'map ms':>8} {'ratio':>6} "
+          f"{'4-patch CPU ms':>14} {'map CPU ms':>10} {'ratio':>6}")
     for label, payloads in photo_sets.items():
         patches = [torch.from_numpy(preprocess(p)[None]).to(device) for p in payloads]
         tiles = [preprocess_map(p) for p in payloads]
         cells = [(torch.from_numpy(t.cells[None]).to(device), torch.from_numpy(t.grid[None]).to(device)) for t in tiles]
         times: dict[str, list[float]] = {"4-patch": [], "map": []}
+        cpu: dict[str, list[float]] = {"4-patch": [], "map": []}
         deadline = time.perf_counter() + seconds
         with torch.inference_mode():
             net(patches[0]), cell_map(*cells[0])  # warm-up
             while time.perf_counter() < deadline or len(times["map"]) < 2 * len(payloads):
                 for index in range(len(payloads)):
                     for name, call in (("4-patch", lambda: net(patches[index])), ("map", lambda: cell_map(*cells[index]))):
-                        start = time.perf_counter()
+                        start, start_cpu = time.perf_counter(), time.process_time()
                         call()
                         if device.startswith("cuda"):
                             torch.cuda.synchronize()
                         times[name].append(time.perf_counter() - start)
+                        cpu[name].append(time.process_time() - start_cpu)
         four, mapped = (statistics.median(times[k]) * 1000 for k in ("4-patch", "map"))
+        four_cpu, mapped_cpu = (statistics.median(cpu[k]) * 1000 for k in ("4-patch", "map"))
         count = statistics.mean(int(t.grid.prod()) for t in tiles)
-        print(f"{label:<26} {four:>10.1f} {mapped:>8.1f} {mapped / four:>13.2f}x {count:>14.1f}")
+        print(f"{label:<26} {count:>11.1f} {four:>10.1f} {mapped:>8.1f} {mapped / four:>5.2f}x "
+              f"{four_cpu:>14.1f} {mapped_cpu:>10.1f} {mapped_cpu / four_cpu:>5.2f}x")
 
 
 def cost(url: str, photo_sets: dict[str, list[bytes]], concurrencies: list[int], seconds: float, rounds: int) -> None:

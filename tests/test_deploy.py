@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import os
 import re
 import shutil
@@ -52,8 +53,9 @@ HTTP_PORT = 8000  # Triton's HTTP: on the pod's loopback, for the watchdog only
 HEALTH_PORT = 8003  # the watchdog's /ready and /live: probes only, no Service port
 GRPC_APP_PROTOCOL = "kubernetes.io/h2c"
 EXIT_TIMEOUT_S = 30
-# A full dynamic batch of preprocess output: the least the Python backend's shm region must hold.
-FULL_BATCH_BYTES = 32 * 4 * 3 * 128 * 128
+# A full dynamic batch of preprocess output (max_batch_size images), the larger of the two preprocessing
+# models': the least the Python backend's shm region must hold.
+FULL_BATCH_BYTES = max(32 * math.prod(contract.PATCH_SHAPE), 8 * math.prod(contract.CELLS_SHAPE))
 GIB = 1024**3
 
 

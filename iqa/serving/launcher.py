@@ -54,9 +54,13 @@ DEFAULT_RUN_DIR = REPO / ".run"
 MODELS = (PREPROCESS_MODEL, NETWORK_MODEL, ENSEMBLE_MODEL, MAP_PREPROCESS_MODEL, CELLS_NETWORK_MODEL, MAP_MODEL)
 NETWORK_MODELS = (NETWORK_MODEL, CELLS_NETWORK_MODEL)  # TorchScript model.pt files, served alike
 PREPROCESS_MODELS = (PREPROCESS_MODEL, MAP_PREPROCESS_MODEL)
-# Room for a full dynamic batch of preprocess output (32 x 4 x 3 x 128 x 128 bytes = 6.3 MB)
-# in the Python backend's shared memory without growing it on the hot path.
-PYTHON_SHM_BYTES = 16 * 1024 * 1024
+# Room for a full dynamic batch in each Python-backend stub's shared memory without growing it on the
+# hot path: the degradation map's is the largest (8 x 64 x 3 x 128 x 128 bytes = 25.2 MB of cells, which
+# took a 28 MB region for 7 images), the 4-patch one 32 x 4 x 3 x 128 x 128 = 6.3 MB. Growing a region
+# under concurrent requests crashed stubs of this Python backend (2.51) twice in ~5 loaded runs with
+# 16 MiB (segfaults in its shared-memory allocator; server#8882 reports the same with MB payloads);
+# none grew or crashed at 64 MiB. tmpfs pages cost memory only once touched.
+PYTHON_SHM_BYTES = 64 * 1024 * 1024
 
 log = logging.getLogger("iqa.launcher")
 
