@@ -30,6 +30,7 @@ import time
 import numpy as np
 import torch
 from PIL import Image
+from tritonclient.utils import InferenceServerException
 
 from iqa.contract import ENSEMBLE_MODEL, MAP_MODEL, SCORE_NAMES
 from iqa.network import CellMap
@@ -118,9 +119,13 @@ def cost(url: str, photo_sets: dict[str, list[bytes]], concurrencies: list[int],
     for label, payloads in photo_sets.items():
         for concurrency in concurrencies:
             runs: dict[str, list[dict]] = {ENSEMBLE_MODEL: [], MAP_MODEL: []}
-            for _ in range(rounds):
-                for model in runs:
-                    runs[model].append(closed_loop(url, payloads, concurrency, seconds, model=model))
+            try:
+                for _ in range(rounds):
+                    for model in runs:
+                        runs[model].append(closed_loop(url, payloads, concurrency, seconds, model=model))
+            except InferenceServerException as err:  # a warm-up request failed: say so, measure the rest
+                print(f"{label:<26} {concurrency:>4} stopped: {err.status()} {err.message()}")
+                continue
             pairs = list(zip(runs[ENSEMBLE_MODEL], runs[MAP_MODEL]))
             slower = statistics.median(m["p50"] / e["p50"] for e, m in pairs)
             fewer = statistics.median(e["img_per_s"] / max(m["img_per_s"], 1e-9) for e, m in pairs)
@@ -137,7 +142,7 @@ def cost(url: str, photo_sets: dict[str, list[bytes]], concurrencies: list[int],
 
 
 def variants(rgb: np.ndarray, seed: int = 0) -> list[np.ndarray]:
-    """25 one-pixel shifts of a slightly smaller window, then 25 small crops of the same photo."""
+    """(SHIFT + 1)^2 one-pixel shifts of a slightly smaller window, then CROPS small crops of the same photo."""
     height, width = rgb.shape[:2]
     shifted = [rgb[dy : dy + height - SHIFT, dx : dx + width - SHIFT]
                for dy in range(SHIFT + 1) for dx in range(SHIFT + 1)]
