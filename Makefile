@@ -8,6 +8,8 @@ STAMP  := $(VENV)/.installed
 VENV_DEPLOY  := .venv-deploy
 DEPLOY_STAMP := $(VENV_DEPLOY)/.installed
 MODEL  := model_repository/iqa_resnet50/1/model.pt
+# The degradation map's network: a second export of the same weights.
+CELLS_MODEL := model_repository/iqa_resnet50_cells/1/model.pt
 WEIGHTS := $(wildcard training/weights/*.pt)
 SAMPLE ?= tests/data/sheep.jpg
 
@@ -28,27 +30,29 @@ $(DEPLOY_STAMP): deploy-requirements.txt
 	$(VENV_DEPLOY)/bin/python -m pip install --quiet -r deploy-requirements.txt
 	touch $@
 
-# model.pt is generated from the committed weights (or a seeded random init until they land).
-$(MODEL): $(STAMP) iqa/network.py iqa/contract.py iqa/preprocess.py conversion/export.py $(WEIGHTS)
-	$(PY) -m conversion.export --output $@
+# Both model.pt files are generated, together, from the committed weights (or a seeded random init
+# until they land).
+$(MODEL) $(CELLS_MODEL) &: $(STAMP) iqa/network.py iqa/contract.py iqa/preprocess.py conversion/export.py $(WEIGHTS)
+	$(PY) -m conversion.export --output $(MODEL) --cells-output $(CELLS_MODEL)
 
-export: $(MODEL)
+export: $(MODEL) $(CELLS_MODEL)
 
 # Starts tritonserver on 8000 (HTTP) / 8001 (gRPC) / 8002 (metrics), scores $(SAMPLE), serves until Ctrl-C.
 # SERVE_ARGS: the launcher's options, e.g. SERVE_ARGS="--grpc-port 9001" (.venv/bin/python -m iqa.serving.launcher --help).
-serve: $(MODEL)
+serve: $(MODEL) $(CELLS_MODEL)
 	$(PY) -m iqa.serving.launcher --sample $(SAMPLE) $(SERVE_ARGS)
 
-test: $(MODEL) $(DEPLOY_STAMP)
+test: $(MODEL) $(CELLS_MODEL) $(DEPLOY_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Benchmarks print numbers (BENCHMARKS.md); they are not tests.
-bench: $(MODEL)
+bench: $(MODEL) $(CELLS_MODEL)
 	$(PY) -m loadtest.bench $(BENCH_ARGS)
 	$(PY) -m loadtest.client_bench
+	$(PY) -m loadtest.map_bench
 
 # Locust, headless and bounded (LOADTEST_ARGS: --users, --run-time, --find-knee, --url, --debian).
-loadtest: $(MODEL)
+loadtest: $(MODEL) $(CELLS_MODEL)
 	$(PY) -m loadtest.run $(LOADTEST_ARGS)
 
 # Training (training/, README "The model"): the photo pool (Debian packages, cached outside git),
@@ -63,4 +67,4 @@ evaluate: $(STAMP)
 	$(PY) -m training.evaluate --baselines $(EVAL_ARGS)
 
 clean:
-	rm -rf .run $(MODEL) .pytest_cache
+	rm -rf .run $(MODEL) $(CELLS_MODEL) .pytest_cache

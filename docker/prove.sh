@@ -5,7 +5,7 @@
 #
 # 1. builds docker/Dockerfile (and the small client image docker/Dockerfile.locust);
 # 2. runs the server as docker/k8s runs it: one GPU, non-root, read-only root filesystem with
-#    /tmp as tmpfs, 1280m /dev/shm;
+#    /tmp as tmpfs, 2048m /dev/shm;
 # 3. waits for the image's HEALTHCHECK to report healthy (the watchdog's /ready on 8003: a real inference passed);
 # 4. scores tests/data/sheep.jpg over gRPC from a second container on the server's network
 #    (docker/prove_client.py): three outputs, FP32 [1, 1], in [0, 1]; iqa_resnet50 on the pytorch
@@ -46,7 +46,7 @@ docker build -f docker/Dockerfile -t "$IMAGE" .
 docker build -f docker/Dockerfile.locust -t "$CLIENT_IMAGE" docker
 
 step "run $NAME on $GPUS GPU(s), read-only, non-root"
-docker run -d --name "$NAME" --gpus "$GPUS" --shm-size 1280m --read-only --tmpfs /tmp \
+docker run -d --name "$NAME" --gpus "$GPUS" --shm-size 2048m --read-only --tmpfs /tmp \
     --ulimit memlock=-1 --ulimit stack=67108864 --security-opt no-new-privileges:true "$IMAGE" >/dev/null
 uid=$(docker exec "$NAME" id -u)
 [ "$uid" = "10001" ] || fail "the server runs as uid $uid, not 10001"

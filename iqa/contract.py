@@ -11,9 +11,16 @@ heavy so that a client can use it without torch.
 # Lives in the client package, which has no torch, and is re-exported here.
 from iqa_client.contract import (  # noqa: F401  (re-exported)
     ACCEPTED_FORMATS,
+    CELL_BOXES,
+    CELL_SCORES,
     ENSEMBLE_MODEL,
+    GRID,
     IMAGE_INPUT,
     IMAGE_SUFFIXES,
+    IMAGE_SIZE,
+    MAP_MODEL,
+    MAP_OUTPUTS,
+    MAX_CELLS,
     MODELSCOPE_LABELS,
     OVERLOAD_MESSAGES,
     SCORE_NAMES,
@@ -46,6 +53,15 @@ MAX_IMAGE_BYTES = 32 * 1024 * 1024  # encoded size
 MAX_IMAGE_PIXELS = 64_000_000  # decoded width * height (decompression bombs)
 MIN_IMAGE_SIDE = 32  # below this there is no texture to judge
 
+# --- the degradation map (iqa_degradation_map): its own preprocessing, the same weights ------------
+MAP_PREPROCESS_MODEL = "iqa_map_preprocess"
+CELLS_NETWORK_MODEL = "iqa_resnet50_cells"  # a second export of the weights iqa_resnet50 serves
+CELLS = "CELLS"  # map preprocess output, UINT8 CELLS_SHAPE; all-zero cells past the grid
+CELLS_SHAPE = (MAX_CELLS, CHANNELS, PATCH_SIZE, PATCH_SIZE)
+# The network reads the cell count from GRID (rows * columns) and runs only the real cells.
+CELLS_NETWORK_INPUTS = (f"{CELLS}__0", f"{GRID}__1")
+CELLS_NETWORK_OUTPUTS = (f"{CELL_SCORES}__0", *(f"{name}__{i}" for i, name in enumerate(SCORE_NAMES, start=1)))
+
 # --- decode memory ------------------------------------------------------------------
 # Decoded pixels in flight at once in one iqa_preprocess instance (iqa/decode_budget.py): one
 # picture of the largest size, or many smaller ones; a decode that does not fit waits, never fails.
@@ -64,30 +80,33 @@ NETWORK_MAX_BATCH = 32  # images per execution of iqa_resnet50 (GPU-sized; its o
 # --- Python-backend shared memory (/dev/shm) ---------------------------------------------------
 # The Python backend passes every input and output tensor of a Python-backend model instance through
 # that instance's own region in /dev/shm. A region starts at SHM_DEFAULT_BYTES and, when an
-# allocation does not fit, grows by SHM_GROWTH_BYTES * (needed // SHM_GROWTH_BYTES + 1)
-# (python_backend src/shm_manager.cc, GrowIfNeeded); it never shrinks. So a region ends at most at
-# what its largest execution held at once, plus one growth step of rounding, plus what it started with:
-#   preprocess, largest execution: MAX_REQUEST_ROWS x MAX_IMAGE_BYTES of encoded input
-#                                 + MAX_REQUEST_ROWS x PATCH_BYTES of output patches
-#   network (the local Python-backend runner only; NGC's libtorch backend has no region):
-#                                 NETWORK_MAX_BATCH x PATCH_BYTES in, 3 x 4 bytes per image out
-#                                 (6.3 MB: within SHM_DEFAULT_BYTES, it never grows)
-# The image's server flags carry SHM_DEFAULT_BYTES / SHM_GROWTH_BYTES, and compose, the Kubernetes
-# Deployment and docker/prove.sh size /dev/shm to SHM_LIMIT_BYTES for PREPROCESS_INSTANCES decoders (tests/test_deploy.py checks they agree with this;
-# tests/test_server.py sends the largest accepted request and measures the region it leaves).
+# allocation does not fit, grows (python_backend src/shm_manager.cc, GrowIfNeeded); it never shrinks.
+# Growing is the path to avoid: under concurrent requests with MB payloads it has crashed whole
+# servers (boost::interprocess::lock_exception, SIGSEGV; triton-inference-server/server#8882, open,
+# and twice in loaded runs here). So every region starts large enough for the largest execution any
+# model can have, and none ever grows. The largest executions, MAX_REQUEST_ROWS images each:
+#   iqa_preprocess      in: encoded images, up to MAX_IMAGE_BYTES each; out: PATCH_BYTES each
+#   iqa_map_preprocess  in: the same; out: CELLS_BYTES + MAP_INFO_BYTES each (the largest: 280 MiB)
+#   the networks, where the local Python-based stand-in runs them (NVIDIA's libtorch backend has no
+#   region): iqa_resnet50 NETWORK_MAX_BATCH x PATCH_BYTES (6.3 MB), iqa_resnet50_cells
+#   MAX_REQUEST_ROWS x CELLS_BYTES (25 MB)
+# plus room for the allocator's own bookkeeping and fragmentation. tmpfs files are sparse: a region
+# costs memory only for the pages its tensors have touched, so a large start size costs nothing until
+# large requests come. The image's server flags carry SHM_DEFAULT_BYTES / SHM_GROWTH_BYTES, and
+# compose, the Kubernetes Deployment and docker/prove.sh size /dev/shm to SHM_LIMIT_BYTES, room for
+# every preprocessing instance's region at once (tests/test_deploy.py checks they agree with this and
+# with the configs; tests/test_production_repository.py sends the largest accepted requests to both
+# ensembles at once and checks that no region grew).
 PATCH_BYTES = PATCHES_PER_IMAGE * CHANNELS * PATCH_SIZE * PATCH_SIZE  # one image's patches, UINT8
-SHM_DEFAULT_BYTES = 16 * 1024 * 1024  # a full network batch of patches (6.3 MB) never grows a region
-SHM_GROWTH_BYTES = 16 * 1024 * 1024
-PREPROCESS_INSTANCES = 4  # model_repository/iqa_preprocess/config.pbtxt, production (GPU) count
-
-
-def shm_region_bound_bytes(rows: int = MAX_REQUEST_ROWS, image_bytes: int = MAX_IMAGE_BYTES) -> int:
-    """Upper bound of one preprocess instance's /dev/shm region (bytes) after executions of `rows` images
-    of `image_bytes` each: start size + the largest execution's tensors + one growth step of rounding."""
-    return SHM_DEFAULT_BYTES + rows * (image_bytes + PATCH_BYTES) + SHM_GROWTH_BYTES
-
-
-# The preprocess regions, the network runner's region where it exists, and 64 MiB for the stubs'
-# message queues and allocator overhead; rounded up to whole GiB / 4 (a Kubernetes quantity).
-_SHM_NEEDED_BYTES = PREPROCESS_INSTANCES * shm_region_bound_bytes() + SHM_DEFAULT_BYTES + 64 * 1024 * 1024
+CELLS_BYTES = MAX_CELLS * CHANNELS * PATCH_SIZE * PATCH_SIZE  # one image's cells, UINT8 CELLS_SHAPE
+MAP_INFO_BYTES = 4 * (2 + MAX_CELLS * 4 + 2)  # GRID, CELL_BOXES, IMAGE_SIZE: INT32
+LARGEST_EXECUTION_BYTES = MAX_REQUEST_ROWS * (MAX_IMAGE_BYTES + max(PATCH_BYTES, CELLS_BYTES + MAP_INFO_BYTES))
+SHM_DEFAULT_BYTES = 320 * 1024 * 1024  # LARGEST_EXECUTION_BYTES (280.0 MiB) + 40 MiB for the allocator
+SHM_GROWTH_BYTES = 16 * 1024 * 1024  # only if a region ever had to grow (none should)
+# Production (GPU) instance counts: model_repository/*/config.pbtxt (tests/test_deploy.py checks).
+PREPROCESS_INSTANCES = 4
+MAP_PREPROCESS_INSTANCES = 2
+# Every preprocessing region filled at once, and 64 MiB for the stubs' message queues; rounded up to a
+# multiple of 256 MiB (a Kubernetes quantity): 2 GiB.
+_SHM_NEEDED_BYTES = (PREPROCESS_INSTANCES + MAP_PREPROCESS_INSTANCES) * SHM_DEFAULT_BYTES + 64 * 1024 * 1024
 SHM_LIMIT_BYTES = -(-_SHM_NEEDED_BYTES // (256 * 1024 * 1024)) * 256 * 1024 * 1024

@@ -16,7 +16,7 @@ import torch
 import torchvision
 from torch import nn
 
-from iqa.contract import PATCHES_PER_IMAGE, SCORE_NAMES
+from iqa.contract import MAX_CELLS, PATCHES_PER_IMAGE, SCORE_NAMES
 
 # A patch each of whose channels holds values within this many levels of each other is flat: it
 # shows no edge, texture or grain, so it holds no evidence of noise, blur or compression.
@@ -92,6 +92,44 @@ class DegradationNet(nn.Module):
         scores = torch.sigmoid(self.pool(logits, self.patch_evidence(patches)))
         noise, blur, compression = scores.split(1, dim=1)
         return noise, blur, compression
+
+
+class CellMap(nn.Module):
+    """The degradation map: the same network (and weights) scoring every cell of a picture.
+
+    What `iqa_resnet50_cells` serves (conversion/export.py traces it). A cell's scores are the
+    sigmoids of its own patch logits, exactly what the network says about that 128-pixel patch, and
+    0.0 for a flat cell (no evidence: DegradationNet.pool's rule); an image's pooled scores are
+    DegradationNet.pool over its cells, the rule the 4-patch score applies to its four sampled
+    patches (tests/test_map.py checks they agree).
+    """
+
+    def __init__(self, net: DegradationNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, cells: torch.Tensor, grid: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """cells uint8 [B, MAX_CELLS, 3, P, P], grid int32 [B, 2] (rows, columns) ->
+        (cell scores [B, MAX_CELLS, 3] in [0, 1], NaN past each image's rows * columns cells;
+        noise, blur, compression [B, 1] each, pooled over the image's cells, in [0, 1]).
+
+        Only the rows * columns real cells of each image go through the network: the padding that
+        gives every image one tensor shape costs memory, not compute.
+        """
+        # Cell positions 0..K-1 made from `grid` (not torch.arange), so no device is frozen into the trace.
+        positions = grid.new_ones(MAX_CELLS).cumsum(dim=0) - 1
+        valid = positions < grid.prod(dim=1, keepdim=True)  # [B, K]
+        real = valid.flatten()
+        logits = self.net.patch_logits(cells.flatten(0, 1)[real])  # [real cells, 3]
+        cell_logits = logits.new_zeros(real.shape[0], logits.shape[1]).index_put((real,), logits)
+        cell_logits = cell_logits.unflatten(0, valid.shape)  # [B, K, 3], zeros past the grid
+        evidence = valid & self.net.patch_evidence(cells)  # [B, K]: real cells that are not flat
+        pooled = torch.sigmoid(self.net.pool(cell_logits, evidence))
+        cell_logits = cell_logits.masked_fill(~evidence.unsqueeze(2), NO_EVIDENCE_LOGIT)  # flat cells: 0.0
+        cell_scores = torch.where(valid.unsqueeze(2), torch.sigmoid(cell_logits), float("nan"))
+        noise, blur, compression = pooled.split(1, dim=1)
+        return cell_scores, noise, blur, compression
 
 
 def build_model(weights_path: str | None = None, seed: int = 0) -> DegradationNet:

@@ -11,6 +11,7 @@ import io
 import logging
 import re
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -23,6 +24,8 @@ except ImportError:
 from iqa import jpeg_regions
 from iqa.contract import (
     ACCEPTED_FORMATS,
+    CELLS_SHAPE,
+    MAX_CELLS,
     MAX_IMAGE_BYTES,
     MAX_IMAGE_PIXELS,
     MIN_IMAGE_SIDE,
@@ -163,6 +166,18 @@ def sample_patches(rgb: np.ndarray) -> np.ndarray:
     patches spread over the frame without sitting in its corners. Pictures
     smaller than a patch are mirrored out to the patch size.
     """
+    rgb, _ = _pad_to_patch(rgb)
+    patches = np.empty(PATCH_SHAPE, dtype=np.uint8)
+    for index, (top, left) in enumerate(patch_origins(*rgb.shape[:2])):
+        patches[index] = rgb[top : top + PATCH_SIZE, left : left + PATCH_SIZE].transpose(2, 0, 1)
+    return patches
+
+
+def _pad_to_patch(rgb: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+    """Refuse pictures too small to judge; mirror smaller ones out to the patch size.
+
+    Returns the pixels and the (top, left) offset of the original picture inside them.
+    """
     height, width = rgb.shape[:2]
     if min(height, width) < MIN_IMAGE_SIDE:
         raise ImageError(
@@ -175,11 +190,7 @@ def sample_patches(rgb: np.ndarray) -> np.ndarray:
             ((pad_y // 2, pad_y - pad_y // 2), (pad_x // 2, pad_x - pad_x // 2), (0, 0)),
             mode="symmetric",
         )
-        height, width = rgb.shape[:2]
-    patches = np.empty(PATCH_SHAPE, dtype=np.uint8)
-    for index, (top, left) in enumerate(patch_origins(height, width)):
-        patches[index] = rgb[top : top + PATCH_SIZE, left : left + PATCH_SIZE].transpose(2, 0, 1)
-    return patches
+    return rgb, (pad_y // 2, pad_x // 2)
 
 
 def patch_origins(height: int, width: int) -> list[tuple[int, int]]:
@@ -202,3 +213,63 @@ def preprocess(data: bytes) -> np.ndarray:
     """
     patches = jpeg_regions.sample_patches(data, patch_origins)
     return patches if patches is not None else sample_patches(decode(data))
+
+
+# --- the degradation map: the whole picture in cells -------------------------------------------
+
+
+class Tiles(NamedTuple):
+    """One picture cut into a grid of patch-size cells (the `iqa_map_preprocess` outputs, in order)."""
+
+    cells: np.ndarray  # uint8 [MAX_CELLS, 3, P, P]: row-major over the grid, zeros past rows * columns
+    grid: np.ndarray  # int32 [2]: rows, columns
+    boxes: np.ndarray  # int32 [MAX_CELLS, 4]: left, top, right, bottom in image pixels; -1 past the grid
+    image_size: np.ndarray  # int32 [2]: height, width
+
+
+def cell_grid(height: int, width: int) -> tuple[int, int]:
+    """Rows and columns of map cells for a picture of height x width pixels (each side >= PATCH_SIZE).
+
+    As many patch-size cells as it takes to cover the picture (ceil(side / P) per side, neighbours
+    overlapping by the remainder), unless that is more than MAX_CELLS: then the grid that keeps
+    the picture's proportions with at most MAX_CELLS cells, spread evenly with gaps between them.
+    Cells stay at native resolution either way: a downscaled picture would shift every score.
+    """
+    rows, cols = -(-height // PATCH_SIZE), -(-width // PATCH_SIZE)
+    if rows * cols <= MAX_CELLS:
+        return rows, cols
+    fewer_rows = min(rows, max(1, round((MAX_CELLS * rows / cols) ** 0.5)))
+    fewer_cols = min(cols, MAX_CELLS // fewer_rows)
+    return min(rows, MAX_CELLS // fewer_cols), fewer_cols
+
+
+def _cell_origins(cells: int, extent: int) -> np.ndarray:
+    # First cell at the start, last at the end, evenly between: with ceil(extent / P) cells the
+    # steps are at most P, so the cells cover every pixel; a single cell sits in the middle.
+    if cells == 1:
+        return np.array([(extent - PATCH_SIZE) // 2])
+    return np.rint(np.linspace(0, extent - PATCH_SIZE, cells)).astype(np.int64)
+
+
+def tile(rgb: np.ndarray) -> Tiles:
+    """RGB uint8 [H, W, 3] -> the map's cells at native resolution, their grid and boxes.
+
+    Pictures smaller than a patch are mirrored out to the patch size, as for sample_patches, and
+    their cells' boxes are clipped to the picture. Raises ImageError below MIN_IMAGE_SIDE.
+    """
+    height, width = rgb.shape[:2]
+    padded, (pad_top, pad_left) = _pad_to_patch(rgb)
+    rows, cols = cell_grid(*padded.shape[:2])
+    tops, lefts = _cell_origins(rows, padded.shape[0]), _cell_origins(cols, padded.shape[1])
+    cells = np.zeros(CELLS_SHAPE, dtype=np.uint8)
+    boxes = np.full((MAX_CELLS, 4), -1, dtype=np.int32)
+    for index, (top, left) in enumerate((t, l) for t in tops for l in lefts):
+        cells[index] = padded[top : top + PATCH_SIZE, left : left + PATCH_SIZE].transpose(2, 0, 1)
+        boxes[index] = (max(left - pad_left, 0), max(top - pad_top, 0),
+                        min(left - pad_left + PATCH_SIZE, width), min(top - pad_top + PATCH_SIZE, height))
+    return Tiles(cells, np.array([rows, cols], dtype=np.int32), boxes, np.array([height, width], dtype=np.int32))
+
+
+def preprocess_map(data: bytes) -> Tiles:
+    """Encoded image bytes -> the `iqa_degradation_map` network's input for one image, with its geometry."""
+    return tile(decode(data))

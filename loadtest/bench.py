@@ -91,8 +91,9 @@ def serve_fp16(model: str, config: str) -> str:
     return config + '\nparameters: { key: "precision", value: { string_value: "fp16" } }\n'
 
 
-def closed_loop(url: str, payloads: list[bytes], concurrency: int, seconds: float) -> dict[str, float]:
-    """`concurrency` requests always in flight, one image each, for `seconds`."""
+def closed_loop(url: str, payloads: list[bytes], concurrency: int, seconds: float,
+                model: str = ENSEMBLE_MODEL) -> dict[str, float]:
+    """`concurrency` requests to `model` always in flight, one image each, for `seconds`."""
     import tritonclient.grpc as grpcclient
 
     latencies: list[float] = []
@@ -107,7 +108,7 @@ def closed_loop(url: str, payloads: list[bytes], concurrency: int, seconds: floa
 
     with grpcclient.InferenceServerClient(url) as client:
         for tensor in tensors:  # warm-up: every photo once
-            client.infer(ENSEMBLE_MODEL, [tensor], client_timeout=120)
+            client.infer(model, [tensor], client_timeout=120)
 
         def done(result, error, started):
             nonlocal failures
@@ -122,7 +123,7 @@ def closed_loop(url: str, payloads: list[bytes], concurrency: int, seconds: floa
         sent = 0
         while time.perf_counter() - start < seconds:
             slots.acquire()
-            client.async_infer(ENSEMBLE_MODEL, [tensors[sent % len(tensors)]],
+            client.async_infer(model, [tensors[sent % len(tensors)]],
                                callback=lambda result, error, t=time.perf_counter(): done(result, error, t), client_timeout=120)
             sent += 1
         for _ in range(concurrency):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import os
 import re
 import shutil
@@ -326,13 +327,15 @@ def test_the_image_serves_exactly_the_repository_model_configs():
     assert "--disable-auto-complete-config" in options  # serve the committed configs as they are
     copies = [i.args.split() for i in only(steps, "COPY", last)]
     assert ["model_repository/", "/models/"] in copies
-    # model.pt: traced in the export stage by the repository's own export, to the path copied from.
+    # model.pt: traced in the export stage by the repository's own export, to the path copied from; the
+    # degradation map's cells network likewise.
     (export,) = [i for i in only(steps, "RUN", 0) if "conversion.export" in i.args]
     assert "python -m conversion.export --output model_repository/iqa_resnet50/1/model.pt" in export.args
+    assert "--cells-output model_repository/iqa_resnet50_cells/1/model.pt" in " ".join(export.args.split())
     (workdir,) = only(steps, "WORKDIR", 0)
-    src = f"{workdir.args}/model_repository/{contract.NETWORK_MODEL}/1/model.pt"
-    assert [f"--from={only(steps, 'FROM', 0)[0].args.split()[-1]}", src,
-            f"/models/{contract.NETWORK_MODEL}/1/model.pt"] in copies
+    for network in (contract.NETWORK_MODEL, contract.CELLS_NETWORK_MODEL):
+        src = f"{workdir.args}/model_repository/{network}/1/model.pt"
+        assert [f"--from={only(steps, 'FROM', 0)[0].args.split()[-1]}", src, f"/models/{network}/1/model.pt"] in copies
     # The repository holds exactly the models the server loads.
     assert sorted(p.parent.name for p in DEFAULT_REPOSITORY.glob("*/config.pbtxt")) == sorted(MODELS)
 
@@ -498,7 +501,8 @@ def test_dockerignore_sends_what_the_dockerfile_copies_and_nothing_heavy():
             assert f in sent, f
     assert in_context("training/weights/iqa_resnet50.fp16.pt", rules), "trained weights must reach the export"
     for heavy in (".venv/bin/python", ".venv-deploy/bin/checkov", ".run/repository/x", ".git/HEAD",
-                  "model_repository/iqa_resnet50/1/model.pt", "iqa/__pycache__/contract.cpython-311.pyc",
+                  "model_repository/iqa_resnet50/1/model.pt", "model_repository/iqa_resnet50_cells/1/model.pt",
+                  "iqa/__pycache__/contract.cpython-311.pyc",
                   "training/data/photo.jpg", "loadtest/bench.py", "README.md"):
         assert not in_context(heavy, rules), f"{heavy} would be sent to the builder"
 
@@ -578,9 +582,10 @@ def test_shared_memory_settings_are_the_ones_derived_in_the_contract(compose, ma
     assert compose_shm == k8s_shm == prove_shm == contract.SHM_LIMIT_BYTES
     mounts = {m["mountPath"]: m["name"] for m in server_container(manifests)["volumeMounts"]}
     assert mounts["/dev/shm"] == "dshm"
-    preprocess = text_format.Parse((DEFAULT_REPOSITORY / contract.PREPROCESS_MODEL / "config.pbtxt").read_text(),
-                                   pb.ModelConfig())
-    assert sum(g.count for g in preprocess.instance_group) == contract.PREPROCESS_INSTANCES
+    for model, instances in ((contract.PREPROCESS_MODEL, contract.PREPROCESS_INSTANCES),
+                             (contract.MAP_PREPROCESS_MODEL, contract.MAP_PREPROCESS_INSTANCES)):
+        config = text_format.Parse((DEFAULT_REPOSITORY / model / "config.pbtxt").read_text(), pb.ModelConfig())
+        assert sum(g.count for g in config.instance_group) == instances, model
     memory_limit = quantity_bytes(server_container(manifests)["resources"]["limits"]["memory"])
     assert memory_limit >= 4 * k8s_shm, "the Memory emptyDir counts against the container's memory limit"
 

@@ -8,14 +8,16 @@ import pytest
 import torch
 
 from conversion import export
-from iqa.contract import PATCH_SHAPE
+from iqa.contract import CELL_SCORES, MAX_CELLS, PATCH_SHAPE, SCORE_NAMES
+from iqa.network import CellMap
 from iqa.serving.launcher import read_model_metadata
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
+    """model.pt, and the degradation map's cells_model.pt beside it, from one seeded initialisation."""
     path = tmp_path_factory.mktemp("export") / "model.pt"
-    metadata = export.export(weights=None, output=path, seed=7)
+    metadata = export.export(weights=None, output=path, seed=7, cells_output=path.with_name("cells_model.pt"))
     return path, metadata
 
 
@@ -61,8 +63,18 @@ def test_a_trace_that_differs_from_eager_is_refused_and_not_written(tmp_path, mo
     with pytest.raises(export.ExportMismatch, match="differs from eager"):
         export.export(weights=None, output=output)
     assert not output.exists()
-    assert export.main(["--output", str(output)]) == 1
-    assert not output.exists()
+    cells_output = tmp_path / "cells_model.pt"
+    assert export.main(["--output", str(output), "--cells-output", str(cells_output)]) == 1
+    assert not output.exists() and not cells_output.exists()
+
+
+def test_a_cells_trace_that_differs_from_eager_is_refused_and_neither_file_is_written(tmp_path, monkeypatch):
+    honest_trace = export.trace_cells
+    monkeypatch.setattr(export, "trace_cells", lambda cell_map: honest_trace(CellMap(export.build_model(seed=99))))
+    output, cells_output = tmp_path / "model.pt", tmp_path / "cells_model.pt"
+    with pytest.raises(export.ExportMismatch, match="differs from eager"):
+        export.export(weights=None, output=output, cells_output=cells_output)
+    assert not output.exists() and not cells_output.exists()
 
 
 def test_the_exported_module_follows_its_dtype_and_device(exported):
@@ -76,3 +88,36 @@ def test_the_exported_module_follows_its_dtype_and_device(exported):
         half = torch.cat(traced.half()(photos), dim=1)
     assert half.dtype == torch.float16
     assert (full - half.float()).abs().max() <= 0.01  # the fp16 serving bound (loadtest/bench.py --fp16)
+
+
+# --- the degradation map's network: a second export of the same weights ----------------------------
+
+
+def test_the_cells_module_equals_eager_on_random_grids_and_real_photos(exported):
+    path, _ = exported
+    eager = CellMap(export.build_model(seed=7)).eval()
+    traced = torch.jit.load(str(path.with_name("cells_model.pt")))
+    cases = export.check_cell_inputs(export.DEFAULT_CHECK_IMAGES)
+    assert any(int(grid.prod(dim=1).max()) == MAX_CELLS for _, (_, grid) in cases), "a full grid is checked"
+    for name, batch in cases:
+        assert export.max_difference(eager, traced, batch) <= export.TOLERANCE, name
+
+
+def test_the_cells_file_records_the_weights_of_model_pt_and_its_own_tensors(exported):
+    path, metadata = exported
+    cells = read_model_metadata(path.with_name("cells_model.pt"))
+    for key in ("trained", "weights", "weights_sha256", "random_init_seed", "torch"):
+        assert cells[key] == metadata[key], key
+    assert cells["outputs"] == [CELL_SCORES, *SCORE_NAMES] and cells["input_shape"][1] == MAX_CELLS
+
+
+def test_the_exported_cells_module_follows_its_dtype_and_device(exported):
+    path, _ = exported
+    traced = torch.jit.load(str(path.with_name("cells_model.pt")))
+    assert "torch.device(" not in traced.code  # cell positions are built from GRID's own device
+    cells, grid = (t[:1] for t in export.check_cell_inputs(export.DEFAULT_CHECK_IMAGES)[-1][1])  # one photo: fp16 is slow on CPU
+    with torch.inference_mode():
+        full, half = traced(cells, grid), traced.half()(cells, grid)
+    assert half[0].dtype == torch.float16
+    for f, h in zip(full, half):
+        assert torch.where(f.isnan() & h.isnan(), 0.0, (f - h.float()).abs()).max() <= 0.01

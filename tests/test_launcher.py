@@ -14,7 +14,6 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
-from iqa.contract import NETWORK_MODEL, PREPROCESS_MODEL
 from iqa.serving import launcher
 from iqa.serving.launcher import LaunchError, Ports, TritonServer
 
@@ -110,9 +109,9 @@ def _with_machine_changes(committed: pb.ModelConfig, model: str) -> pb.ModelConf
     for group in expected.instance_group:
         if group.kind == pb.ModelInstanceGroup.KIND_GPU:
             group.kind = pb.ModelInstanceGroup.KIND_CPU
-        if model == PREPROCESS_MODEL:
+        if model in launcher.PREPROCESS_MODELS:
             group.count = 1
-    if expected.dynamic_batching.HasField("default_queue_policy"):
+    if model in launcher.GPU_QUEUE_POLICY_MODELS:
         expected.dynamic_batching.default_queue_policy.max_queue_size = launcher.CPU_QUEUE_SIZE
         expected.dynamic_batching.default_queue_policy.default_timeout_microseconds = launcher.CPU_QUEUE_TIMEOUT_US
     return expected
@@ -124,13 +123,14 @@ def test_without_a_gpu_only_the_documented_machine_changes_are_made(tmp_path):
         committed = _parsed((launcher.DEFAULT_REPOSITORY / model / "config.pbtxt").read_text())
         served = _parsed((repository / model / "config.pbtxt").read_text())
         assert served == _with_machine_changes(committed, model), model
-    assert sorted(changes) == sorted([f"{NETWORK_MODEL}: {launcher.MACHINE_CHANGES[0]}",
-                                      f"{PREPROCESS_MODEL}: {launcher.MACHINE_CHANGES[1]}",
-                                      f"{PREPROCESS_MODEL}: {launcher.MACHINE_CHANGES[2]}",
-                                      f"{NETWORK_MODEL}: {launcher.MACHINE_CHANGES[2]}"])
-    # the network keeps its production backend: no model.py of its own, nothing rewritten to python
-    assert _parsed((repository / NETWORK_MODEL / "config.pbtxt").read_text()).backend == "pytorch"
-    assert not (repository / NETWORK_MODEL / "1" / "model.py").exists()
+    gpu_kind, one_decoder, cpu_queues = launcher.MACHINE_CHANGES
+    assert sorted(changes) == sorted([f"{model}: {gpu_kind}" for model in launcher.NETWORK_MODELS]
+                                     + [f"{model}: {one_decoder}" for model in launcher.PREPROCESS_MODELS]
+                                     + [f"{model}: {cpu_queues}" for model in launcher.GPU_QUEUE_POLICY_MODELS])
+    # the networks keep their production backend: no model.py of their own, nothing rewritten to python
+    for model in launcher.NETWORK_MODELS:
+        assert _parsed((repository / model / "config.pbtxt").read_text()).backend == "pytorch"
+        assert not (repository / model / "1" / "model.py").exists()
 
 
 def test_with_a_gpu_the_repository_is_served_as_committed(tmp_path):
@@ -245,8 +245,9 @@ def test_a_killed_launcher_takes_its_server_and_its_stubs_down(tmp_path):
     finally:
         parent.kill()  # SIGKILL: no handler in the parent gets to run
         parent.wait()
+    # The janitor kills what is left of the group, then removes the regions: wait for both.
     deadline = time.monotonic() + 60
-    while _group(server_pid) and time.monotonic() < deadline:
+    while (_group(server_pid) or list(Path("/dev/shm").glob(f"{prefix}*"))) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not _alive(server_pid), "tritonserver outlived the process that started it"
     assert not _group(server_pid), f"left behind: {_group(server_pid)}"

@@ -1,4 +1,5 @@
-"""Thin gRPC client for the iqa_degradation Triton ensemble: noise, blur and compression in [0, 1].
+"""Thin gRPC client for the iqa_degradation Triton ensembles: noise, blur and compression in [0, 1],
+for a whole image or, with score_map, for every region of it.
 
 The names below are imported on first use, so `iqa_client.contract` (the wire contract the
 server side shares) imports without tritonclient installed.
@@ -14,6 +15,8 @@ _EXPORTS = {
     "Health": "iqa_client.client",
     "IQAClient": "iqa_client.client",
     "RetryPolicy": "iqa_client.client",
+    "DegradationMap": "iqa_client.degradation_map",
+    "MapCell": "iqa_client.degradation_map",
     "BadImageError": "iqa_client.errors",
     "IQAError": "iqa_client.errors",
     "IQATimeoutError": "iqa_client.errors",
@@ -35,6 +38,7 @@ def __getattr__(name: str):
 
 if TYPE_CHECKING:
     from iqa_client.client import AsyncIQAClient, Health, IQAClient, RetryPolicy  # noqa: F401
+    from iqa_client.degradation_map import DegradationMap, MapCell  # noqa: F401
     from iqa_client.errors import (  # noqa: F401
         BadImageError, IQAError, IQATimeoutError, MissingExtraError, ModelError, ServerBusyError, ServerError,
         ServerUnreachableError,

@@ -2,6 +2,7 @@
 
     iqa score photo.heic shots/ --recursive --csv > scores.csv
     iqa video clip.mp4 --frames 64 --plot timeline.png
+    iqa map photo.jpg --plot map.png        # scores per region of the picture (degradation map)
     iqa health
     iqa --url host:8001 score photo.jpg     # the common options go before or after the command
 
@@ -24,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from iqa_client.client import DEFAULT_URL, IQAClient
-from iqa_client.contract import ENSEMBLE_MODEL, IMAGE_SUFFIXES
+from iqa_client.contract import ENSEMBLE_MODEL, IMAGE_SUFFIXES, MAP_MODEL
 from iqa_client.errors import (
     BadImageError,
     IQAError,
@@ -183,6 +184,15 @@ def parser() -> argparse.ArgumentParser:
                        help="the report as JSON, with every frame's scores")
     video.add_argument("--concurrency", type=positive(int), default=8, metavar="N", help="requests in flight")
 
+    mapping = add_command(commands, "map", "scores per region of one image: a degradation map over the whole picture",
+                          cmd_map, extras=lambda args: ["matplotlib"] if args.plot else [])
+    mapping.add_argument("file", type=existing_file, help="an image file")
+    mapping.add_argument("--plot", type=writable_file, metavar="IMAGE",
+                         help="write the picture under a heat map of each score here (PNG, JPEG, PDF, SVG)")
+    mapping.add_argument("--json", dest="format", action="store_const", const="json",
+                         help="the map as JSON: grid, every cell's box and scores, the pooled scores")
+    mapping.add_argument("--map-model", default=MAP_MODEL, help="the map ensemble to call")
+
     add_command(commands, "health", "is the server live and the model ready? (exit 0 if so, else 3)", cmd_health,
                 connect=False)
     return top
@@ -320,6 +330,28 @@ def cmd_video(client, args) -> int:
     return EXIT_FAILED_ITEMS if report.frames_failed or not report.frames else EXIT_OK
 
 
+def cmd_map(client, args) -> int:
+    try:
+        scored = client.score_map(args.file)
+    except BadImageError as err:
+        print(f"iqa: failed: {args.file}: {reason(err)}", file=sys.stderr)
+        return EXIT_FAILED_ITEMS
+    if args.format == "json":
+        print(scored.to_json(indent=2))
+    else:
+        pooled = scored.pooled
+        print(f"{args.file}: {scored.width}x{scored.height}, {scored.rows} x {scored.columns} cells")
+        print(f"  pooled  noise {pooled.noise:.3f}  blur {pooled.blur:.3f}  compression {pooled.compression:.3f}")
+        for name in ("noise", "blur", "compression"):
+            print(f"  {name} per cell, top row first:")
+            for row in scored.array(name):
+                print("    " + " ".join(f"{value:.2f}" for value in row))
+    if args.plot:
+        scored.plot(args.plot)
+        print(f"iqa: map written to {args.plot}", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_health(client, args) -> int:
     health = client.health()
     print(json.dumps(health.__dict__))
@@ -339,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with IQAClient(args.url, model=args.model, timeout=args.timeout, ssl=args.tls,
                        root_certificates=str(args.ca_cert) if args.ca_cert else None, headers=dict(args.header),
-                       connect=args.connect) as client:
+                       connect=args.connect, map_model=getattr(args, "map_model", MAP_MODEL)) as client:
             return args.run(client, args)
     except SERVER_ERRORS as err:
         print(f"iqa: {err}", file=sys.stderr)

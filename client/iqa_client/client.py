@@ -4,6 +4,7 @@
         client.score("photo.jpg")                      # Scores(noise=…, blur=…, compression=…)
         client.score_many(paths, concurrency=8)        # [Scores | IQAError, …] in input order
         client.score_video("clip.mp4", frames=32)      # VideoReport
+        client.score_map("photo.jpg")                  # DegradationMap: per-cell and pooled scores
 
 Every call has a timeout (the client's default or the call's own). Transient statuses
 (UNAVAILABLE, RESOURCE_EXHAUSTED, and CANCELLED by a server shutting down) are retried with jittered exponential backoff inside that
@@ -29,8 +30,13 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
+from iqa_client import degradation_map
 from iqa_client.channel import ChannelOptions, channel_arguments
-from iqa_client.contract import ENSEMBLE_MODEL, IMAGE_INPUT, OVERLOAD_MESSAGES, SCORE_NAMES
+from iqa_client.contract import (
+    CELL_BOXES, CELL_SCORES, ENSEMBLE_MODEL, GRID, IMAGE_INPUT, IMAGE_SIZE, MAP_MODEL, MAP_OUTPUTS,
+    OVERLOAD_MESSAGES, SCORE_NAMES,
+)
+from iqa_client.degradation_map import DegradationMap
 from iqa_client.errors import (
     BadImageError,
     IQAError,
@@ -51,6 +57,7 @@ TRANSIENT = ("StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED", "StatusC
 # The model is being unloaded or reloaded: a moment later this server (or another) serves it again.
 RELOADING = ("StatusCode.NOT_FOUND", "has no available versions")
 Outcome = Scores | IQAError
+MapOutcome = DegradationMap | IQAError
 Progress = Callable[[int, int | None], None]  # (done, total or None)
 
 
@@ -86,11 +93,22 @@ def _inputs(data: bytes) -> list[grpcclient.InferInput]:
 
 
 _OUTPUTS = [grpcclient.InferRequestedOutput(name) for name in SCORE_NAMES]
+_MAP_OUTPUTS = [grpcclient.InferRequestedOutput(name) for name in MAP_OUTPUTS]
+_MAP_TYPES = {CELL_SCORES: "FP32", CELL_BOXES: "INT32", GRID: "INT32", IMAGE_SIZE: "INT32",
+              **{name: "FP32" for name in SCORE_NAMES}}
 
 
 def _scores(result) -> Scores:
     noise, blur, compression = (float(result.as_numpy(name).reshape(-1)[0]) for name in SCORE_NAMES)
     return Scores(noise=noise, blur=blur, compression=compression)
+
+
+def _map(result, url: str, model: str, data: bytes, index, source) -> DegradationMap:
+    try:
+        return degradation_map.from_outputs({name: result.as_numpy(name)[0] for name in MAP_OUTPUTS},
+                                            source or "", data)
+    except ValueError as err:
+        raise ServerError(f"model '{model}' at {url} answered a map that breaks its contract: {err}") from None
 
 
 def _error(err: InferenceServerException, url: str, model: str, index=None, source=None) -> IQAError:
@@ -109,14 +127,15 @@ def _error(err: InferenceServerException, url: str, model: str, index=None, sour
     return ServerError(f"{status}: {message}")
 
 
-def _check_contract(metadata: dict, model: str, url: str) -> None:
-    """Refuse to talk to a model whose inputs/outputs are not the iqa_degradation contract."""
+def _check_contract(metadata: dict, model: str, url: str, kind: str = ENSEMBLE_MODEL) -> None:
+    """Refuse to talk to a model whose inputs/outputs are not the contract of `kind` (iqa_degradation or
+    iqa_degradation_map)."""
     inputs = {t["name"]: t["datatype"] for t in metadata.get("inputs", [])}
     outputs = {t["name"]: t["datatype"] for t in metadata.get("outputs", [])}
-    expected_outputs = {name: "FP32" for name in SCORE_NAMES}
+    expected_outputs = _MAP_TYPES if kind == MAP_MODEL else {name: "FP32" for name in SCORE_NAMES}
     if inputs != {IMAGE_INPUT: "BYTES"} or outputs != expected_outputs:
         raise ModelError(
-            f"model '{model}' at {url} is not an iqa_degradation model: inputs {inputs}, outputs {outputs}; "
+            f"model '{model}' at {url} is not an {kind} model: inputs {inputs}, outputs {outputs}; "
             f"expected inputs {{'{IMAGE_INPUT}': 'BYTES'}}, outputs {expected_outputs}")
 
 
@@ -165,15 +184,17 @@ class IQAClient:
     headers: gRPC metadata sent with every call (auth tokens, routing). channel_options: gRPC channel
     arguments added to tritonclient's defaults (channel_arguments(): load-balancing policy, keepalive, ...).
     connect: check at once that the server is live and serves the expected model (else
-    ServerUnreachableError / ModelError).
+    ServerUnreachableError / ModelError). map_model: the `iqa_degradation_map` ensemble that score_map
+    uses (checked on its first call).
     """
 
     def __init__(self, url: str = DEFAULT_URL, *, model: str = ENSEMBLE_MODEL, timeout: float = 30.0,
                  retry: RetryPolicy = RetryPolicy(), ssl: bool = False, root_certificates: str | None = None,
                  private_key: str | None = None, certificate_chain: str | None = None,
                  headers: dict[str, str] | None = None, channel_options: ChannelOptions | None = None,
-                 connect: bool = True) -> None:
+                 connect: bool = True, map_model: str = MAP_MODEL) -> None:
         self.url, self.model, self.timeout, self.retry = url, model, timeout, retry
+        self.map_model, self._map_checked = map_model, False
         self.headers = dict(headers or {})
         self._grpc = grpcclient.InferenceServerClient(url, ssl=ssl, root_certificates=root_certificates,
                                                       private_key=private_key, certificate_chain=certificate_chain,
@@ -225,6 +246,26 @@ class IQAClient:
     def iter_score_many(self, images: Iterable[ImageLike], *, concurrency: int = 8, timeout: float | None = None,
                         progress: Progress | None = None) -> Iterator[Outcome]:
         """Like score_many, yielding in input order; reads `images` lazily, so memory stays bounded."""
+        return self._iter_many(self._score, images, concurrency, timeout, progress)
+
+    def score_map(self, image: ImageLike, *, timeout: float | None = None) -> DegradationMap:
+        """The degradation map of one image (path, bytes, PIL image or HxWx3 uint8 RGB array): each cell's
+        box and scores and the pooled whole-image scores (DegradationMap; `.plot(path)` draws it)."""
+        return self._score_map(to_bytes(image), timeout, index=None, source=describe(image))
+
+    def score_map_many(self, images: Iterable[ImageLike], *, concurrency: int = 4, timeout: float | None = None,
+                       progress: Progress | None = None) -> list[MapOutcome]:
+        """Maps for many images, in input order; a failed item is its IQAError, the others are mapped."""
+        return list(self.iter_score_map_many(images, concurrency=concurrency, timeout=timeout, progress=progress))
+
+    def iter_score_map_many(self, images: Iterable[ImageLike], *, concurrency: int = 4, timeout: float | None = None,
+                            progress: Progress | None = None) -> Iterator[MapOutcome]:
+        """Like score_map_many, yielding in input order; reads `images` lazily (each map keeps its image's
+        bytes for plotting, so prefer this to score_map_many for long runs)."""
+        return self._iter_many(self._score_map, images, concurrency, timeout, progress)
+
+    def _iter_many(self, score, images: Iterable[ImageLike], concurrency: int, timeout: float | None,
+                   progress: Progress | None) -> Iterator:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         total = len(images) if hasattr(images, "__len__") else None
@@ -232,7 +273,7 @@ class IQAClient:
         with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="iqa") as pool:
             window: deque = deque()
             for index, image in enumerate(images):
-                window.append(pool.submit(self._score_item, index, image, timeout))
+                window.append(pool.submit(self._item, score, index, image, timeout))
                 while len(window) >= 2 * concurrency or (window and window[0].done()):
                     done += 1
                     yield window.popleft().result()
@@ -254,27 +295,41 @@ class IQAClient:
         outcomes = list(self.iter_score_many(pixels, concurrency=concurrency, timeout=timeout, progress=on_progress))
         return video.report(path, sampled.duration_s, times, outcomes, percentile)
 
-    def _score_item(self, index: int, image: ImageLike, timeout: float | None) -> Outcome:
+    def _item(self, score, index: int, image: ImageLike, timeout: float | None):
         try:
             data = to_bytes(image)
         except (OSError, TypeError, ValueError) as err:
             return BadImageError(f"cannot read it: {err}", index=index, source=describe(image))
         try:
-            return self._score(data, timeout, index=index, source=describe(image))
+            return score(data, timeout, index=index, source=describe(image))
         except IQAError as err:
             return err
 
     def _score(self, data: bytes, timeout: float | None, *, index, source) -> Scores:
+        return _scores(self._infer(self.model, _OUTPUTS, data, timeout, index=index, source=source))
+
+    def _score_map(self, data: bytes, timeout: float | None, *, index, source) -> DegradationMap:
+        if not self._map_checked:
+            try:
+                metadata = self._grpc.get_model_metadata(self.map_model, headers=self.headers, as_json=True,
+                                                         client_timeout=timeout or self.timeout)
+            except InferenceServerException as err:
+                raise _error(err, self.url, self.map_model) from None
+            _check_contract(metadata, self.map_model, self.url, kind=MAP_MODEL)
+            self._map_checked = True
+        result = self._infer(self.map_model, _MAP_OUTPUTS, data, timeout, index=index, source=source)
+        return _map(result, self.url, self.map_model, data, index, source)
+
+    def _infer(self, model: str, outputs, data: bytes, timeout: float | None, *, index, source):
         deadline = _Deadline(timeout or self.timeout)
         for attempt in range(self.retry.attempts):
             try:
-                result = self._grpc.infer(self.model, _inputs(data), outputs=_OUTPUTS, headers=self.headers,
-                                          client_timeout=max(deadline.left(), 0.001))
-                return _scores(result)
+                return self._grpc.infer(model, _inputs(data), outputs=outputs, headers=self.headers,
+                                        client_timeout=max(deadline.left(), 0.001))
             except InferenceServerException as err:
                 pause = _retry_pause(self.retry, err, attempt, deadline)
                 if pause is None:
-                    raise _error(err, self.url, self.model, index, source) from None
+                    raise _error(err, self.url, model, index, source) from None
                 time.sleep(pause)
         raise AssertionError("unreachable")
 
@@ -300,8 +355,10 @@ class AsyncIQAClient:
     def __init__(self, url: str = DEFAULT_URL, *, model: str = ENSEMBLE_MODEL, timeout: float = 30.0,
                  retry: RetryPolicy = RetryPolicy(), ssl: bool = False, root_certificates: str | None = None,
                  private_key: str | None = None, certificate_chain: str | None = None,
-                 headers: dict[str, str] | None = None, channel_options: ChannelOptions | None = None) -> None:
+                 headers: dict[str, str] | None = None, channel_options: ChannelOptions | None = None,
+                 map_model: str = MAP_MODEL) -> None:
         self.url, self.model, self.timeout, self.retry = url, model, timeout, retry
+        self.map_model, self._map_checked = map_model, False
         self.headers = dict(headers or {})
         self._grpc = grpcaio.InferenceServerClient(url, ssl=ssl, root_certificates=root_certificates,
                                                    private_key=private_key, certificate_chain=certificate_chain,
@@ -349,10 +406,30 @@ class AsyncIQAClient:
         return [outcome async for outcome in self.iter_score_many(images, concurrency=concurrency,
                                                                    timeout=timeout, progress=progress)]
 
-    async def iter_score_many(self, images: Iterable[ImageLike], *, concurrency: int = 8,
-                              timeout: float | None = None, progress: Progress | None = None
-                              ) -> AsyncIterator[Outcome]:
+    def iter_score_many(self, images: Iterable[ImageLike], *, concurrency: int = 8,
+                        timeout: float | None = None, progress: Progress | None = None) -> AsyncIterator[Outcome]:
         """Like score_many, yielding in input order with at most `concurrency` requests in flight."""
+        return self._iter_many(self._score, images, concurrency, timeout, progress)
+
+    async def score_map(self, image: ImageLike, *, timeout: float | None = None) -> DegradationMap:
+        """The degradation map of one image (path, bytes, PIL image or HxWx3 uint8 RGB array): each cell's
+        box and scores and the pooled whole-image scores (DegradationMap; `.plot(path)` draws it)."""
+        return await self._score_map(to_bytes(image), timeout, index=None, source=describe(image))
+
+    async def score_map_many(self, images: Iterable[ImageLike], *, concurrency: int = 4,
+                             timeout: float | None = None, progress: Progress | None = None) -> list[MapOutcome]:
+        """Maps for many images, in input order; a failed item is its IQAError, the others are mapped."""
+        return [outcome async for outcome in self.iter_score_map_many(images, concurrency=concurrency,
+                                                                       timeout=timeout, progress=progress)]
+
+    def iter_score_map_many(self, images: Iterable[ImageLike], *, concurrency: int = 4,
+                            timeout: float | None = None, progress: Progress | None = None
+                            ) -> AsyncIterator[MapOutcome]:
+        """Like score_map_many, yielding in input order with at most `concurrency` requests in flight."""
+        return self._iter_many(self._score_map, images, concurrency, timeout, progress)
+
+    async def _iter_many(self, score, images: Iterable[ImageLike], concurrency: int, timeout: float | None,
+                         progress: Progress | None) -> AsyncIterator:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         total = len(images) if hasattr(images, "__len__") else None
@@ -360,7 +437,7 @@ class AsyncIQAClient:
         window: deque[asyncio.Task] = deque()
         try:
             for index, image in enumerate(images):
-                window.append(asyncio.ensure_future(self._score_item(index, image, timeout)))
+                window.append(asyncio.ensure_future(self._item(score, index, image, timeout)))
                 if len(window) >= concurrency:
                     done += 1
                     yield await window.popleft()
@@ -386,27 +463,41 @@ class AsyncIQAClient:
                                                           progress=on_progress)]
         return video.report(path, sampled.duration_s, times, outcomes, percentile)
 
-    async def _score_item(self, index: int, image: ImageLike, timeout: float | None) -> Outcome:
+    async def _item(self, score, index: int, image: ImageLike, timeout: float | None):
         try:
             data = await asyncio.to_thread(to_bytes, image)  # PNG-encoding a frame is CPU work
         except (OSError, TypeError, ValueError) as err:
             return BadImageError(f"cannot read it: {err}", index=index, source=describe(image))
         try:
-            return await self._score(data, timeout, index=index, source=describe(image))
+            return await score(data, timeout, index=index, source=describe(image))
         except IQAError as err:
             return err
 
     async def _score(self, data: bytes, timeout: float | None, *, index, source) -> Scores:
+        return _scores(await self._infer(self.model, _OUTPUTS, data, timeout, index=index, source=source))
+
+    async def _score_map(self, data: bytes, timeout: float | None, *, index, source) -> DegradationMap:
+        if not self._map_checked:
+            try:
+                metadata = await self._grpc.get_model_metadata(self.map_model, headers=self.headers, as_json=True,
+                                                               client_timeout=timeout or self.timeout)
+            except InferenceServerException as err:
+                raise _error(err, self.url, self.map_model) from None
+            _check_contract(metadata, self.map_model, self.url, kind=MAP_MODEL)
+            self._map_checked = True
+        result = await self._infer(self.map_model, _MAP_OUTPUTS, data, timeout, index=index, source=source)
+        return _map(result, self.url, self.map_model, data, index, source)
+
+    async def _infer(self, model: str, outputs, data: bytes, timeout: float | None, *, index, source):
         deadline = _Deadline(timeout or self.timeout)
         for attempt in range(self.retry.attempts):
             try:
-                result = await self._grpc.infer(self.model, _inputs(data), outputs=_OUTPUTS, headers=self.headers,
-                                                client_timeout=max(deadline.left(), 0.001))
-                return _scores(result)
+                return await self._grpc.infer(model, _inputs(data), outputs=outputs, headers=self.headers,
+                                              client_timeout=max(deadline.left(), 0.001))
             except InferenceServerException as err:
                 pause = _retry_pause(self.retry, err, attempt, deadline)
                 if pause is None:
-                    raise _error(err, self.url, self.model, index, source) from None
+                    raise _error(err, self.url, model, index, source) from None
                 await asyncio.sleep(pause)
         raise AssertionError("unreachable")
 

@@ -1,4 +1,4 @@
-"""The wire contract of the `iqa_degradation` ensemble (../shared/DESIGN.md).
+"""The wire contract of the `iqa_degradation` and `iqa_degradation_map` ensembles (../shared/DESIGN.md).
 
 Defined here, in the lightest package, and re-exported by the server side
 (iqa.contract) so that client and server cannot drift apart.
@@ -25,3 +25,18 @@ SCORE_RANGE = (0.0, 1.0)
 # What the server answers (gRPC UNAVAILABLE, HTTP 503) when its queue policy refuses a request
 # (model configs: default_queue_policy): it is at capacity, not broken.
 OVERLOAD_MESSAGES = ("Exceeds maximum queue size", "Request timeout expired")
+
+# --- the degradation map: `iqa_degradation_map`, same IMAGE input -----------------------------
+# Per-region scores over the whole picture: cells of the network's patch size at native resolution.
+MAP_MODEL = "iqa_degradation_map"
+# At most this many cells per image: a picture of more than MAX_CELLS patch-size tiles is covered
+# by a coarser grid of evenly spread cells (still at native resolution, with gaps between them),
+# never by a downscaled copy, which would change what the scores measure. 64 cells cost the
+# network 16 times the 4-patch score; every image's tensors then have one shape, so they batch.
+MAX_CELLS = 64
+CELL_SCORES = "CELL_SCORES"  # FP32 [MAX_CELLS, 3], SCORE_NAMES order, row-major cells; NaN past the grid
+CELL_BOXES = "CELL_BOXES"  # INT32 [MAX_CELLS, 4]: left, top, right, bottom in image pixels; -1 past the grid
+GRID = "GRID"  # INT32 [2]: rows, columns of the grid (cells = rows * columns <= MAX_CELLS)
+IMAGE_SIZE = "IMAGE_SIZE"  # INT32 [2]: height, width of the upright picture the boxes refer to
+# The map's whole-image scores keep the names of iqa_degradation's outputs (SCORE_NAMES).
+MAP_OUTPUTS = (CELL_SCORES, CELL_BOXES, GRID, IMAGE_SIZE, *SCORE_NAMES)

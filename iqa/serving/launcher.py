@@ -41,13 +41,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from iqa.contract import ENSEMBLE_MODEL, NETWORK_MODEL, PREPROCESS_MODEL, SHM_DEFAULT_BYTES, SHM_GROWTH_BYTES
+from iqa.contract import (
+    CELLS_NETWORK_MODEL,
+    ENSEMBLE_MODEL,
+    MAP_MODEL,
+    MAP_PREPROCESS_MODEL,
+    NETWORK_MODEL,
+    PREPROCESS_MODEL,
+    SHM_DEFAULT_BYTES,
+    SHM_GROWTH_BYTES,
+)
 from iqa.serving.watchdog import START_TIMEOUT_S, AdminAccess, HealthServer, Watchdog, answers_200
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_REPOSITORY = REPO / "model_repository"
 DEFAULT_RUN_DIR = REPO / ".run"
-MODELS = (PREPROCESS_MODEL, NETWORK_MODEL, ENSEMBLE_MODEL)
+MODELS = (PREPROCESS_MODEL, NETWORK_MODEL, ENSEMBLE_MODEL, MAP_PREPROCESS_MODEL, CELLS_NETWORK_MODEL, MAP_MODEL)
+NETWORK_MODELS = (NETWORK_MODEL, CELLS_NETWORK_MODEL)  # TorchScript model.pt files, served alike
+PREPROCESS_MODELS = (PREPROCESS_MODEL, MAP_PREPROCESS_MODEL)
 
 # gRPC connections are closed (GOAWAY) after this long, in-flight calls get the grace to finish: a client
 # reconnects and so reaches replicas added since it connected (docker/README.md, "Load balancing gRPC").
@@ -187,6 +198,9 @@ def gpu_count() -> int:
 # wait ~85 s before refusing any.
 CPU_QUEUE_SIZE = 64
 CPU_QUEUE_TIMEOUT_US = 5_000_000
+# The models whose committed policy is sized for a GPU; the degradation map's (32 requests, 10 s) is
+# the same on both machines (model_repository/iqa_map_preprocess/config.pbtxt says why).
+GPU_QUEUE_POLICY_MODELS = (PREPROCESS_MODEL, NETWORK_MODEL)
 
 
 def cpu_queue_policy(config: str) -> str:
@@ -224,9 +238,10 @@ def prepare_repository(source: Path, run_dir: Path, *, gpus: int,
     missing = [m for m in MODELS if not (source / m / "config.pbtxt").is_file()]
     if missing:
         raise LaunchError(f"{source} lacks the models {missing}")
-    model_pt = source / NETWORK_MODEL / "1" / "model.pt"
-    if not model_pt.is_file():
-        raise LaunchError(f"{model_pt} is missing: export it first with `make export` (python -m conversion.export)")
+    for network in NETWORK_MODELS:
+        model_pt = source / network / "1" / "model.pt"
+        if not model_pt.is_file():
+            raise LaunchError(f"{model_pt} is missing: export it first with `make export` (python -m conversion.export)")
 
     target = run_dir / "model_repository"
     shutil.rmtree(target, ignore_errors=True)
@@ -241,12 +256,12 @@ def prepare_repository(source: Path, run_dir: Path, *, gpus: int,
         if gpus == 0 and "KIND_GPU" in served:
             served = served.replace("KIND_GPU", "KIND_CPU")
             changes.append(f"{model}: {gpu_kind}")
-        if gpus == 0 and model == PREPROCESS_MODEL:
+        if gpus == 0 and model in PREPROCESS_MODELS:
             single = re.sub(r"count: *\d+", "count: 1", served)
             if single != served:
                 served = single
                 changes.append(f"{model}: {one_decoder}")
-        if gpus == 0 and (fitted := cpu_queue_policy(served)) != served:
+        if gpus == 0 and model in GPU_QUEUE_POLICY_MODELS and (fitted := cpu_queue_policy(served)) != served:
             served = fitted
             changes.append(f"{model}: {cpu_queues}")
         if edit is not None and (edited := edit(model, served)) != served:

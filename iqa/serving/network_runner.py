@@ -36,7 +36,8 @@ def padded_size(rows: int, sizes: list[int]) -> int | None:
 
 
 class NetworkRunner:
-    """Calls a scripted network on uint8 patch batches [N, K, 3, P, P]: a list of [N, 1] fp32 score tensors."""
+    """Calls a scripted network on its input batches (uint8 patches [N, K, 3, P, P]; the map's cells and
+    grid): a list of fp32 output tensors, N rows each. CUDA graphs serve single-input networks only."""
 
     def __init__(self, model: torch.nn.Module, device: torch.device, precision: str = "fp32",
                  channels_last: bool = False, graph_sizes: list[int] | None = None,
@@ -52,13 +53,14 @@ class NetworkRunner:
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, list[torch.Tensor]]] = {}
         self._example_shape = None
 
-    def __call__(self, batch: torch.Tensor) -> list[torch.Tensor]:
+    def __call__(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
+        batch = inputs[0]
         rows = batch.shape[0]
-        size = padded_size(rows, self.graph_sizes) if self.graph_sizes else None
+        size = padded_size(rows, self.graph_sizes) if self.graph_sizes and len(inputs) == 1 else None
         grad_off = torch.inference_mode() if self.inference_mode else torch.no_grad()
         with grad_off, torch.jit.optimized_execution(self.optimized):
             if size is None:
-                return [s.float() for s in self.model(batch)]
+                return [s.float() for s in self.model(*inputs)]
             graph, static_in, static_out = self._graph(size, batch.shape[1:], batch.dtype)
             static_in[:rows].copy_(batch)
             static_in[rows:].zero_()  # padding rows: scored and dropped

@@ -2,8 +2,11 @@
 
 The PyTorch (libtorch) backend ships only in NVIDIA's NGC container. Elsewhere the launcher
 (iqa/serving/launcher.py) installs a Python-based backend named `pytorch` whose model.py imports
-this class, so the committed `iqa_resnet50` config (`backend: "pytorch"`) loads unchanged: same
-tensors, same batching, same TorchScript file, run by the torch in the server's Python environment.
+this class, so the committed configs that say `backend: "pytorch"` (`iqa_resnet50`, the map's
+`iqa_resnet50_cells`) load unchanged: same tensors, same batching, same TorchScript file, run by the
+torch in the server's Python environment. Like the libtorch backend, it binds tensors by position:
+the config's inputs, in order, are the module's arguments, and its outputs, in order, the module's
+results ("<name>__<index>").
 
 It honours the PyTorch backend's parameters the repository sets, with the same meaning
 (github.com/triton-inference-server/pytorch_backend, README "Parameters"):
@@ -12,7 +15,7 @@ It honours the PyTorch backend's parameters the repository sets, with the same m
   INFERENCE_MODE "true" (the default): run under torch.inference_mode.
 Local only (iqa/serving/network_runner.py): `precision` "fp16" serves the network in half precision
 (loadtest/bench.py --fp16), `channels_last` "true" runs its convolutions in NHWC, and `cuda_graphs`
-("1,2,4,8,16,32") replays CUDA graphs of those batch sizes on a GPU.
+("1,2,4,8,16,32") replays CUDA graphs of those batch sizes on a GPU (single-input models).
 """
 
 import json
@@ -22,7 +25,6 @@ import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
-from iqa.contract import NETWORK_INPUT, NETWORK_OUTPUTS
 from iqa.serving.network_runner import NetworkRunner, parse_sizes
 
 
@@ -55,16 +57,18 @@ class TritonPythonModel:
                                         optimized=not _flag(config, "DISABLE_OPTIMIZED_EXECUTION", False))
         except ValueError as err:
             raise pb_utils.TritonModelException(str(err)) from None
-        self.output_names = [output["name"] for output in config["output"]]
-        if tuple(self.output_names) != NETWORK_OUTPUTS:
-            raise pb_utils.TritonModelException(f"config outputs {self.output_names} != {NETWORK_OUTPUTS}")
+        self.input_names = [tensor["name"] for tensor in config["input"]]
+        self.output_names = [tensor["name"] for tensor in config["output"]]
+        for names in (self.input_names, self.output_names):
+            if [name.rpartition("__")[2] for name in names] != [str(i) for i in range(len(names))]:
+                raise pb_utils.TritonModelException(f"tensor names {names} do not follow libtorch's <name>__<index>")
 
     def execute(self, requests):
         # One forward pass for the whole dynamic batch, then split it back per request.
-        arrays = [pb_utils.get_input_tensor_by_name(r, NETWORK_INPUT).as_numpy() for r in requests]
-        sizes = [len(a) for a in arrays]
-        batch = torch.from_numpy(np.concatenate(arrays) if len(arrays) > 1 else arrays[0]).to(self.device)
-        scores = [s.cpu().numpy() for s in self.runner(batch)]
+        arrays = [[pb_utils.get_input_tensor_by_name(r, name).as_numpy() for r in requests] for name in self.input_names]
+        sizes = [len(a) for a in arrays[0]]
+        batch = [torch.from_numpy(np.concatenate(a) if len(a) > 1 else a[0]).to(self.device) for a in arrays]
+        scores = [s.cpu().numpy() for s in self.runner(*batch)]
         responses, start = [], 0
         for size in sizes:
             tensors = [pb_utils.Tensor(name, s[start : start + size]) for name, s in zip(self.output_names, scores)]

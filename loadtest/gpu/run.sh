@@ -23,3 +23,11 @@ cp .run/bench-on/tritonserver.log "$out/tritonserver.log" 2>/dev/null || true
 if [ "${FIRST_BATCH:-1}" != 0 ]; then
   python3 -m loadtest.first_batch --device cuda --repeats 5 --rounds 2 2>&1 | grep -v -i warn | tee "$out/first_batch.txt"
 fi
+# MAP_BENCH_ARGS (e.g. "--large --concurrency 1 16 64 --seconds 10 --rounds 2"): also the degradation map
+# against the 4-patch ensemble on the same photos (loadtest/map_bench.py; its stability part is CPU work
+# and is measured off the GPU machine).
+if [ -n "${MAP_BENCH_ARGS:-}" ]; then
+  # shellcheck disable=SC2086  # MAP_BENCH_ARGS is a list of words
+  python3 -m loadtest.map_bench --cost-only ${MAP_BENCH_ARGS} 2>&1 | grep -v -E '^[IWE][0-9]{4} ' | tee "$out/map_bench.txt"
+  cp .run/map-bench/tritonserver.log "$out/map_tritonserver.log" 2>/dev/null || true
+fi

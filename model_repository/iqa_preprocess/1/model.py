@@ -1,8 +1,8 @@
 """Triton Python-backend model `iqa_preprocess`: encoded image bytes -> uint8 patches.
 
 Glue only: the decoding and sampling live in iqa.preprocess (one image) and iqa.batch_decode (a
-dynamic batch). Each request gets exactly one response; an image that cannot be decoded fails its
-own request and no other in the dynamic batch.
+dynamic batch), the batching and the per-request errors (a bad image fails its own request, no other
+in the dynamic batch) in iqa.serving.preprocess_model.
 
 Config parameter `region_decode_device` (absent: every image alone on the CPU, iqa.preprocess):
 "cuda" (this instance's GPU) or "cuda:N" decodes the batch's JPEG patch regions together with nvJPEG
@@ -12,22 +12,19 @@ CPU route's errors. Absent from the committed config until measured on a GPU.
 """
 
 import json
-import os
-from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from iqa.batch_decode import preprocess_batch
-from iqa.contract import IMAGE_INPUT, PATCHES
-from iqa.preprocess import ImageError
+from iqa.contract import PATCHES
+from iqa.serving.preprocess_model import PreprocessModel
 
 
-class TritonPythonModel:
+class TritonPythonModel(PreprocessModel):
+    outputs = (PATCHES,)
+
     def initialize(self, args):
-        # Pillow's and libjpeg-turbo's decoders release the GIL, so a dynamic batch decodes in parallel.
-        threads = len(os.sched_getaffinity(0))
-        self.pool = ThreadPoolExecutor(max_workers=max(1, min(threads, 8)), thread_name_prefix="decode")
+        super().initialize(args)
         parameters = json.loads(args["model_config"]).get("parameters", {})
         device = parameters.get("region_decode_device", {}).get("string_value", "")
         self.region_decoder = None
@@ -41,31 +38,6 @@ class TritonPythonModel:
             except Exception as err:  # the CPU route serves everything
                 pb_utils.Logger.log_warn(f"iqa_preprocess: no batched decode on {device} ({type(err).__name__}: {err})")
 
-    def execute(self, requests):
-        images = [pb_utils.get_input_tensor_by_name(r, IMAGE_INPUT).as_numpy().reshape(-1) for r in requests]
-        flat = [bytes(item) for rows in images for item in rows]
-        outcomes = preprocess_batch(flat, self.region_decoder, self.pool.map)
-
-        responses, start = [], 0
-        for rows in images:
-            mine = outcomes[start : start + len(rows)]
-            start += len(rows)
-            failures = [(i, err) for i, err in enumerate(mine) if isinstance(err, Exception)]
-            if failures:
-                responses.append(_error_response(failures, len(rows)))
-            else:
-                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(PATCHES, np.stack(mine))]))
-        return responses
-
-    def finalize(self):
-        self.pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _error_response(failures, rows):
-    index, err = failures[0]
-    where = f"image {index} of {rows} in this request: " if rows > 1 else ""
-    if isinstance(err, ImageError):
-        code, message = pb_utils.TritonError.INVALID_ARG, f"bad image: {where}{err}"
-    else:
-        code, message = pb_utils.TritonError.INTERNAL, f"preprocessing failed: {where}{type(err).__name__}: {err}"
-    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
+    def prepare_batch(self, payloads):
+        outcomes = preprocess_batch(payloads, self.region_decoder, self.pool.map)
+        return [outcome if isinstance(outcome, Exception) else (outcome,) for outcome in outcomes]
