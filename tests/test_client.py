@@ -21,6 +21,7 @@ from iqa.serving.launcher import free_ports
 from iqa_client import (
     AsyncIQAClient,
     BadImageError,
+    DegradationMap,
     IQAClient,
     IQAError,
     MissingExtraError,
@@ -242,6 +243,10 @@ USAGE_ERRORS = {  # arguments -> what the message must name
     "header without =": (["score", str(DATA), "--header", "token"], "argument --header: expected KEY=VALUE"),
     "plot into a missing folder": (["video", str(DATA / "sheep.jpg"), "--plot", "no/such/dir/t.png"],
                                    "argument --plot: no such folder to write into"),
+    "plot in a format matplotlib does not write": (["map", str(DATA / "sheep.jpg"), "--plot", "map.txt"],
+                                                   "argument --plot: name a plot format by its suffix"),
+    "plot without a suffix": (["video", str(DATA / "sheep.jpg"), "--plot", "timeline"],
+                              "argument --plot: name a plot format by its suffix"),
     "unknown option": (["score", str(DATA), "--colour"], "unrecognized arguments: --colour"),
     "no command": ([], "the following arguments are required: COMMAND"),
 }
@@ -332,6 +337,13 @@ def test_a_missing_extra_is_a_clear_error_before_any_work(a_video, tmp_path, mon
     report = VideoReport(str(a_video), 1.0, 95.0, None, None, ())
     with pytest.raises(MissingExtraError, match="VideoReport.plot needs matplotlib"):
         report.plot(tmp_path / "t.png")
+
+    # The map's plot names the client's map extra.
+    assert cli.main(["map", str(DATA / "sheep.jpg"), "--plot", str(tmp_path / "m.png"), "--url", url]) == 2
+    assert "iqa map needs matplotlib" in (err := capsys.readouterr().err) and "./client[map]" in err, err
+    scored = DegradationMap("x", 64, 48, 1, 1, (), Scores(0.0, 0.0, 0.0))
+    with pytest.raises(MissingExtraError, match=r"DegradationMap.plot needs matplotlib.*client\[map\]"):
+        scored.plot(tmp_path / "m.png")
 
 
 # --- the formats phones and browsers send -----------------------------------------------------------

@@ -26,7 +26,7 @@ from iqa.contract import (
 )
 from iqa.network import CellMap, DegradationNet
 from iqa.preprocess import ImageError, cell_grid, preprocess_map, tile
-from iqa_client import AsyncIQAClient, BadImageError, DegradationMap, IQAClient, ModelError
+from iqa_client import AsyncIQAClient, BadImageError, DegradationMap, IQAClient, MapCell, ModelError, Scores
 from iqa_client import cli
 from tests import odd_images
 from tests.conftest import DATA, image_tensor
@@ -329,6 +329,27 @@ def test_the_plot_draws_the_picture_under_a_heat_map_per_score(client, tmp_path)
     assert redness[:, 30:150].mean() > redness[:, 250:350].mean() + 20
 
 
+PLOTTED = {  # what the picture is -> (PIL image, format), and the RGB the server decodes it to
+    "transparent red PNG": (Image.new("RGBA", (64, 48), (255, 0, 0, 0)), "PNG", (255, 255, 255)),
+    "blue HEIC": (Image.new("RGB", (64, 48), (0, 0, 255)), "HEIF", (0, 0, 255)),
+    "16-bit grey PNG": (Image.fromarray(np.full((48, 64), 100 * 257, np.uint16)), "PNG", (100, 100, 100)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PLOTTED))
+def test_the_plot_draws_the_picture_as_the_server_decodes_it(case, tmp_path):
+    pillow_heif = pytest.importorskip("pillow_heif")
+    pillow_heif.register_heif_opener()
+    picture, fmt, rgb = PLOTTED[case]
+    buffer = io.BytesIO()
+    picture.save(buffer, format=fmt)
+    cell = MapCell(0, 0, (0, 0, 64, 48), Scores(0.0, 0.0, 0.0))
+    scored = DegradationMap("x", 64, 48, 1, 1, (cell,), Scores(0.0, 0.0, 0.0), image=buffer.getvalue())
+    shown = np.asarray(scored._picture(1200)).astype(np.int64)
+    assert np.abs(shown - np.array(rgb)).max() <= 8, shown.reshape(-1, 3)[0]  # HEIC is lossy
+    scored.plot(tmp_path / "map.png")
+
+
 def test_score_map_many_keeps_order_and_isolates_a_bad_item_and_the_async_twin_agrees(client, triton, photos):
     items = [photos["sheep"], b"not an image", photos["lighthouse"]]
     outcomes = client.score_map_many(items, concurrency=2)
@@ -369,3 +390,6 @@ def test_iqa_map_prints_json_and_writes_the_plot(client, triton, tmp_path, capsy
     broken.write_bytes(b"\xff\xd8 not really")
     assert cli.main(["map", str(broken), "--url", triton.grpc_url]) == 1
     assert f"failed: {broken}" in capsys.readouterr().err
+    assert cli.main(["map", str(broken), "--json", "--url", triton.grpc_url]) == 1
+    printed = capsys.readouterr()
+    assert json.loads(printed.out)["error"].startswith("bad image: ") and f"failed: {broken}" in printed.err

@@ -93,6 +93,18 @@ def writable_file(text: str) -> Path:
     return path
 
 
+# What matplotlib's savefig writes by itself (the format follows the suffix; without one it would
+# write PNG to another name than the one given).
+PLOT_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg", ".svgz", ".eps", ".ps", ".tif", ".tiff", ".webp")
+
+
+def plot_file(text: str) -> Path:
+    path = writable_file(text)
+    if path.suffix.lower() not in PLOT_SUFFIXES:
+        raise argparse.ArgumentTypeError(f"name a plot format by its suffix ({' '.join(PLOT_SUFFIXES)}), got {text!r}")
+    return path
+
+
 def header(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -179,7 +191,7 @@ def parser() -> argparse.ArgumentParser:
     sampling.add_argument("--fps", type=positive(float), help="frames per second to sample, instead of --frames")
     sampling.add_argument("--frames", type=positive(int), default=32, help="frames sampled uniformly over the video")
     video.add_argument("--percentile", type=percentile, default=95.0, help="the worst-case percentile reported")
-    video.add_argument("--plot", type=writable_file, metavar="PNG", help="write a timeline of the scores here")
+    video.add_argument("--plot", type=plot_file, metavar="PNG", help="write a timeline of the scores here")
     video.add_argument("--json", dest="format", action="store_const", const="json",
                        help="the report as JSON, with every frame's scores")
     video.add_argument("--concurrency", type=positive(int), default=8, metavar="N", help="requests in flight")
@@ -187,7 +199,7 @@ def parser() -> argparse.ArgumentParser:
     mapping = add_command(commands, "map", "scores per region of one image: a degradation map over the whole picture",
                           cmd_map, extras=lambda args: ["matplotlib"] if args.plot else [])
     mapping.add_argument("file", type=existing_file, help="an image file")
-    mapping.add_argument("--plot", type=writable_file, metavar="IMAGE",
+    mapping.add_argument("--plot", type=plot_file, metavar="IMAGE",
                          help="write the picture under a heat map of each score here (PNG, JPEG, PDF, SVG)")
     mapping.add_argument("--json", dest="format", action="store_const", const="json",
                          help="the map as JSON: grid, every cell's box and scores, the pooled scores")
@@ -334,6 +346,8 @@ def cmd_map(client, args) -> int:
     try:
         scored = client.score_map(args.file)
     except BadImageError as err:
+        if args.format == "json":  # a JSON reader gets JSON either way
+            print(json.dumps({"source": str(args.file), "error": reason(err)}, ensure_ascii=False, indent=2))
         print(f"iqa: failed: {args.file}: {reason(err)}", file=sys.stderr)
         return EXIT_FAILED_ITEMS
     if args.format == "json":
@@ -364,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as stop:  # argparse: --help (0) or a usage error it has printed (2)
         return stop.code if isinstance(stop.code, int) else EXIT_USAGE
     try:
-        require_all(args.extras(args), f"iqa {args.command}")
+        require_all(args.extras(args), f"iqa {args.command}", "map" if args.command == "map" else None)
     except MissingExtraError as err:
         print(f"iqa: {err}", file=sys.stderr)
         return EXIT_USAGE

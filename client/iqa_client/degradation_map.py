@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from iqa_client.contract import CELL_BOXES, CELL_SCORES, GRID, IMAGE_SIZE, SCORE_NAMES
+from iqa_client.extras import require
 from iqa_client.result import Scores
 
 _FIELDS = ("noise", "blur", "compression")
@@ -85,12 +86,13 @@ class DegradationMap:
 
         Each cell is drawn over its box, coloured 0 (clean, nearly see-through) to 1 (strong, up to
         `alpha` opaque), with its score written in it when the grid is small enough to read; where
-        neighbouring cells overlap, each keeps the half nearer to it. The picture is shown at most `max_side` pixels wide or high. Needs matplotlib
-        and Pillow (`pip install 'iqa-client[map]'`); the format follows `output`'s suffix. `title`
-        defaults to the source's file name and the grid.
+        neighbouring cells overlap, each keeps the half nearer to it. The picture is shown at most `max_side` pixels
+        wide or high, as the server decoded it (EXIF orientation, transparency over white; HEIC through pillow-heif).
+        Needs matplotlib and Pillow (`pip install 'iqa-client[map]'`, else MissingExtraError); the format follows
+        `output`'s suffix. `title` defaults to the source's file name and the grid.
         """
-        import matplotlib
-
+        matplotlib = require("matplotlib", "DegradationMap.plot", extra="map")
+        require("PIL", "DegradationMap.plot", extra="map")
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         from matplotlib.cm import ScalarMappable
@@ -130,9 +132,20 @@ class DegradationMap:
 
         if not self.image:
             raise ValueError("this map holds no image bytes to draw under it")
+        if self.image[4:8] == b"ftyp" and self.image[8:12] not in (b"avif", b"avis"):
+            # HEIC/HEIF (ISO BMFF but not AVIF): Pillow reads them only through pillow-heif.
+            require("pillow_heif", "DegradationMap.plot of a HEIC/HEIF picture").register_heif_opener()
         with Image.open(io.BytesIO(self.image)) as opened:
             opened.seek(0)
-            picture = ImageOps.exif_transpose(opened).convert("RGB")
+            picture = ImageOps.exif_transpose(opened)
+            if picture.mode.startswith("I;16") or picture.mode in ("I", "F"):  # 16-bit / float grey: as the server
+                grey = np.asarray(picture, dtype=np.float64)
+                scale = 1 / 257 if picture.mode != "F" else 255.0 if grey.size and np.nanmax(grey) <= 1.0 else 1.0
+                picture = Image.fromarray(np.clip(np.nan_to_num(np.rint(grey * scale)), 0, 255).astype(np.uint8))
+            if picture.mode in ("P", "PA", "LA", "La", "RGBa", "RGBA"):  # as the server shows it: alpha over white
+                picture = picture.convert("RGBA")
+                picture = Image.alpha_composite(Image.new("RGBA", picture.size, (255, 255, 255, 255)), picture)
+            picture = picture.convert("RGB")
         if picture.size != (self.width, self.height):
             raise ValueError(f"the image decodes to {picture.size[0]}x{picture.size[1]} here but the server "
                              f"scored {self.width}x{self.height}")

@@ -1,7 +1,8 @@
 """The client's optional dependencies (its extras): import one, or say which `pip install` adds it.
 
 The core needs tritonclient and numpy only. `video` adds PyAV (reading videos) and matplotlib
-(timeline plots); `images` adds Pillow and pillow-heif (opening HEIC files as PIL images).
+(timeline plots); `images` adds Pillow and pillow-heif (opening HEIC files as PIL images); `map`
+adds matplotlib and Pillow (degradation map plots).
 """
 
 from __future__ import annotations
@@ -22,27 +23,29 @@ EXTRAS = {
 }
 
 
-def require(module: str, purpose: str) -> ModuleType:
+def require(module: str, purpose: str, extra: str | None = None) -> ModuleType:
     """Import an optional dependency, or raise MissingExtraError naming the pip install that adds it.
 
-    purpose: what needs it, for the message ("iqa video", "VideoReport.plot").
+    purpose: what needs it, for the message ("iqa video", "VideoReport.plot"). extra: the client's
+    extra to name when it is not the module's usual one (`map` for matplotlib in a map's plot).
     """
     try:
         return importlib.import_module(module)
     except ImportError:
-        distribution, extra = EXTRAS[module]
+        distribution, usual = EXTRAS[module]
+        extra = extra or usual
         raise MissingExtraError(
             f"{purpose} needs {distribution}, which is not installed: pip install '{requirement(distribution, extra)}'"
             f" (or the client with its '{extra}' extra: pip install './client[{extra}]' from the repository)"
         ) from None
 
 
-def require_all(modules: list[str], purpose: str) -> None:
+def require_all(modules: list[str], purpose: str, extra: str | None = None) -> None:
     """require() each of them, so that every missing one is reported before any work starts."""
     missing = []
     for module in modules:
         try:
-            require(module, purpose)
+            require(module, purpose, extra)
         except MissingExtraError as err:
             missing.append(str(err))
     if missing:
