@@ -141,24 +141,25 @@ def cost(url: str, photo_sets: dict[str, list[bytes]], concurrencies: list[int],
 # --- stability ---------------------------------------------------------------------------------------
 
 
-def variants(rgb: np.ndarray, seed: int = 0) -> list[np.ndarray]:
-    """(SHIFT + 1)^2 one-pixel shifts of a slightly smaller window, then CROPS small crops of the same photo."""
+def variants(rgb: np.ndarray, seed: int = 0, count: int = CROPS) -> list[np.ndarray]:
+    """The first `count` of the (SHIFT + 1)^2 one-pixel shifts of a slightly smaller window, then `count`
+    small crops of the same photo (count <= 16)."""
     height, width = rgb.shape[:2]
     shifted = [rgb[dy : dy + height - SHIFT, dx : dx + width - SHIFT]
-               for dy in range(SHIFT + 1) for dx in range(SHIFT + 1)]
+               for dy in range(SHIFT + 1) for dx in range(SHIFT + 1)][:count]
     rng = np.random.default_rng(seed)
     cropped = []
-    for _ in range(CROPS):
+    for _ in range(count):
         top, bottom = rng.integers(0, int(MAX_TRIM * height) + 1, 2)
         left, right = rng.integers(0, int(MAX_TRIM * width) + 1, 2)
         cropped.append(rgb[top : height - bottom, left : width - right])
     return shifted + cropped
 
 
-def stability(names_and_pixels: list[tuple[str, np.ndarray]]) -> None:
+def stability(names_and_pixels: list[tuple[str, np.ndarray]], count: int = CROPS) -> None:
     net = eager_twin(MODEL_PT)
     cell_map = CellMap(net).eval()
-    print(f"\nstability: {(SHIFT + 1) ** 2} one-pixel shifts + {CROPS} crops (each side trimmed 0-{MAX_TRIM:.0%}) "
+    print(f"\nstability: {count} one-pixel shifts + {count} crops (each side trimmed 0-{MAX_TRIM:.0%}) "
           "per photo and condition, in process")
     print(f"{'photo':<11} {'condition':<11} {'score':<12} {'4-patch sd':>10} {'map sd':>8} {'4-patch range':>14} "
           f"{'map range':>10} {'4-patch mean':>13} {'map mean':>9}")
@@ -167,7 +168,7 @@ def stability(names_and_pixels: list[tuple[str, np.ndarray]]) -> None:
         for condition, (degrade, moved) in CONDITIONS.items():
             four, pooled = [], []
             with torch.inference_mode():
-                for variant in variants(degrade(clean)):
+                for variant in variants(degrade(clean), count=count):
                     four.append(torch.cat(net(torch.from_numpy(sample_patches(variant)[None])), dim=1)[0].numpy())
                     tiles = tile(variant)
                     outputs = cell_map(torch.from_numpy(tiles.cells[None]), torch.from_numpy(tiles.grid[None]))
@@ -194,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", help="measure this running server (gRPC host:port) instead of starting one")
     parser.add_argument("--stability-only", action="store_true", help="skip the cost measurements (no server)")
     parser.add_argument("--cost-only", action="store_true", help="skip the stability measurement")
+    parser.add_argument("--variants", type=int, default=CROPS, choices=range(2, (SHIFT + 1) ** 2 + 1),
+                        metavar=f"2-{(SHIFT + 1) ** 2}",
+                        help="one-pixel shifts, and as many small crops, per photo and condition in the stability "
+                        "measurement (fewer: a quicker, rougher run)"),
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="device for the in-process rows (the server picks its own)")
     args = parser.parse_args(argv)
@@ -216,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                               exit_timeout_s=10) as server:
                 cost(server.grpc_url, photo_sets, args.concurrency, args.seconds, args.rounds)
     if not args.cost_only:
-        stability([(p.stem, decode(p.read_bytes())) for p in paths])
+        stability([(p.stem, decode(p.read_bytes())) for p in paths], args.variants)
     return 0
 
 

@@ -393,3 +393,51 @@ def test_iqa_map_prints_json_and_writes_the_plot(client, triton, tmp_path, capsy
     assert cli.main(["map", str(broken), "--json", "--url", triton.grpc_url]) == 1
     printed = capsys.readouterr()
     assert json.loads(printed.out)["error"].startswith("bad image: ") and f"failed: {broken}" in printed.err
+
+
+def test_iqa_map_checks_the_map_model_it_calls_and_not_the_4_patch_one(triton, capsys):
+    photo_path = str(DATA / "sheep.jpg")
+    # --model names the 4-patch ensemble, which `iqa map` never calls: it must not stand in the way.
+    assert cli.main(["map", photo_path, "--model", "nosuch", "--url", triton.grpc_url]) == 0
+    capsys.readouterr()
+    assert cli.main(["map", photo_path, "--map-model", "nosuch", "--url", triton.grpc_url]) == 3
+    assert "nosuch" in capsys.readouterr().err
+    # The 4-patch ensemble is not a map model: refused at connect, before any image is sent.
+    assert cli.main(["map", photo_path, "--map-model", "iqa_degradation", "--url", triton.grpc_url]) == 3
+    assert "is not an iqa_degradation_map model" in capsys.readouterr().err
+
+
+def test_connect_map_checks_the_map_model_in_both_clients(triton):
+    with IQAClient(triton.grpc_url, model="nosuch", connect=False) as client:
+        client.connect(map=True)
+        with pytest.raises(ModelError, match="nosuch"):
+            client.connect()
+
+    async def run():
+        client = AsyncIQAClient(triton.grpc_url, map_model="iqa_degradation")
+        try:
+            with pytest.raises(ModelError, match="is not an iqa_degradation_map model"):
+                await client.connect(map=True)
+            await client.connect()
+        finally:
+            await client.close()
+
+    asyncio.run(run())
+
+
+def test_the_stability_benchmark_cuts_the_shifts_and_crops_it_says():
+    from loadtest import map_bench
+
+    rgb = photo("sheep")
+    height, width = rgb.shape[:2]
+    for count in (2, 16):
+        cut = map_bench.variants(rgb, count=count)
+        shifts, crops = cut[:count], cut[count:]
+        assert len(crops) == count
+        assert {s.shape for s in shifts} == {(height - map_bench.SHIFT, width - map_bench.SHIFT, 3)}
+        assert len({s.ctypes.data for s in shifts}) == count  # each at its own offset
+        smallest = 1 - 2 * map_bench.MAX_TRIM  # each side trimmed by at most MAX_TRIM
+        assert all(smallest * height - 2 <= c.shape[0] <= height and smallest * width - 2 <= c.shape[1] <= width
+                   for c in crops)
+    with pytest.raises(SystemExit):
+        map_bench.main(["--stability-only", "--variants", "1"])

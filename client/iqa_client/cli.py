@@ -156,10 +156,11 @@ def add_common_options(parser: argparse.ArgumentParser, *, with_defaults: bool) 
 
 
 def add_command(commands, name: str, summary: str, run: Callable[[object, argparse.Namespace], int], *,
-                connect: bool = True, extras: Callable[[argparse.Namespace], list[str]] = lambda args: []
+                connect: bool | str = True, extras: Callable[[argparse.Namespace], list[str]] = lambda args: []
                 ) -> argparse.ArgumentParser:
-    """A subcommand: `run(client, args) -> exit status` once the client is connected (or not, for
-    connect=False); `extras(args)` names the optional modules it needs, checked before anything runs."""
+    """A subcommand: `run(client, args) -> exit status` once the client is connected to --model (or to
+    --map-model, for connect="map"; not at all for connect=False); `extras(args)` names the optional
+    modules it needs, checked before anything runs."""
     sub = commands.add_parser(name, help=summary, description=summary, formatter_class=HelpFormatter)
     add_common_options(sub, with_defaults=False)
     sub.set_defaults(run=run, connect=connect, extras=extras)
@@ -197,7 +198,7 @@ def parser() -> argparse.ArgumentParser:
     video.add_argument("--concurrency", type=positive(int), default=8, metavar="N", help="requests in flight")
 
     mapping = add_command(commands, "map", "scores per region of one image: a degradation map over the whole picture",
-                          cmd_map, extras=lambda args: ["matplotlib"] if args.plot else [])
+                          cmd_map, connect="map", extras=lambda args: ["matplotlib"] if args.plot else [])
     mapping.add_argument("file", type=existing_file, help="an image file")
     mapping.add_argument("--plot", type=plot_file, metavar="IMAGE",
                          help="write the picture under a heat map of each score here (PNG, JPEG, PDF, SVG)")
@@ -385,7 +386,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with IQAClient(args.url, model=args.model, timeout=args.timeout, ssl=args.tls,
                        root_certificates=str(args.ca_cert) if args.ca_cert else None, headers=dict(args.header),
-                       connect=args.connect, map_model=getattr(args, "map_model", MAP_MODEL)) as client:
+                       connect=args.connect is True, map_model=getattr(args, "map_model", MAP_MODEL)) as client:
+            if args.connect == "map":
+                client.connect(map=True)
             return args.run(client, args)
     except SERVER_ERRORS as err:
         print(f"iqa: {err}", file=sys.stderr)

@@ -202,9 +202,15 @@ class IQAClient:
         if connect:
             self.connect()
 
-    def connect(self, timeout: float | None = None) -> None:
-        """Check that the server is live and that the model is ready and is the expected contract."""
+    def connect(self, timeout: float | None = None, *, map: bool = False) -> None:
+        """Check that the server is live and that the model is ready and is the expected contract.
+
+        map: check the degradation-map model (`map_model`, the iqa_degradation_map contract) instead of
+        `model`, for a caller that only maps. Raises ServerUnreachableError if nobody answers,
+        ModelError if the model is not served, not ready or not of its contract.
+        """
         seconds = timeout or self.timeout
+        model, kind = (self.map_model, MAP_MODEL) if map else (self.model, ENSEMBLE_MODEL)
         try:
             live = self._grpc.is_server_live(headers=self.headers, client_timeout=seconds)
         except InferenceServerException as err:
@@ -212,14 +218,16 @@ class IQAClient:
         if not live:
             raise ServerUnreachableError(f"Triton at {self.url} is not live")
         try:
-            metadata = self._grpc.get_model_metadata(self.model, headers=self.headers, as_json=True,
+            metadata = self._grpc.get_model_metadata(model, headers=self.headers, as_json=True,
                                                      client_timeout=seconds)
-            ready = self._grpc.is_model_ready(self.model, headers=self.headers, client_timeout=seconds)
+            ready = self._grpc.is_model_ready(model, headers=self.headers, client_timeout=seconds)
         except InferenceServerException as err:
-            raise _error(err, self.url, self.model) from None
-        _check_contract(metadata, self.model, self.url)
+            raise _error(err, self.url, model) from None
+        _check_contract(metadata, model, self.url, kind=kind)
         if not ready:
-            raise ModelError(f"model '{self.model}' at {self.url} is not ready")
+            raise ModelError(f"model '{model}' at {self.url} is not ready")
+        if map:
+            self._map_checked = True
 
     def health(self, timeout: float | None = None) -> Health:
         """Liveness, readiness and the model's readiness; raises ServerUnreachableError if nobody answers."""
@@ -364,9 +372,15 @@ class AsyncIQAClient:
                                                    private_key=private_key, certificate_chain=certificate_chain,
                                                    channel_args=channel_arguments(channel_options))
 
-    async def connect(self, timeout: float | None = None) -> None:
-        """Check that the server is live and that the model is ready and is the expected contract."""
+    async def connect(self, timeout: float | None = None, *, map: bool = False) -> None:
+        """Check that the server is live and that the model is ready and is the expected contract.
+
+        map: check the degradation-map model (`map_model`, the iqa_degradation_map contract) instead of
+        `model`, for a caller that only maps. Raises ServerUnreachableError if nobody answers,
+        ModelError if the model is not served, not ready or not of its contract.
+        """
         seconds = timeout or self.timeout
+        model, kind = (self.map_model, MAP_MODEL) if map else (self.model, ENSEMBLE_MODEL)
         try:
             live = await self._grpc.is_server_live(headers=self.headers, client_timeout=seconds)
         except InferenceServerException as err:
@@ -374,14 +388,16 @@ class AsyncIQAClient:
         if not live:
             raise ServerUnreachableError(f"Triton at {self.url} is not live")
         try:
-            metadata = await self._grpc.get_model_metadata(self.model, headers=self.headers, as_json=True,
+            metadata = await self._grpc.get_model_metadata(model, headers=self.headers, as_json=True,
                                                            client_timeout=seconds)
-            ready = await self._grpc.is_model_ready(self.model, headers=self.headers, client_timeout=seconds)
+            ready = await self._grpc.is_model_ready(model, headers=self.headers, client_timeout=seconds)
         except InferenceServerException as err:
-            raise _error(err, self.url, self.model) from None
-        _check_contract(metadata, self.model, self.url)
+            raise _error(err, self.url, model) from None
+        _check_contract(metadata, model, self.url, kind=kind)
         if not ready:
-            raise ModelError(f"model '{self.model}' at {self.url} is not ready")
+            raise ModelError(f"model '{model}' at {self.url} is not ready")
+        if map:
+            self._map_checked = True
 
     async def health(self, timeout: float | None = None) -> Health:
         """Liveness, readiness and the model's readiness; raises ServerUnreachableError if nobody answers."""
