@@ -39,7 +39,7 @@ from iqa.serving.launcher import (
     MODELS,
     Ports,
 )
-from iqa.serving.watchdog import START_TIMEOUT_S, AdminAccess
+from iqa.serving.watchdog import START_TIMEOUT_S, AdminAccess, shm_region_prefix
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKER = REPO / "docker"
@@ -572,7 +572,11 @@ def test_shared_memory_settings_are_the_ones_derived_in_the_contract(compose, ma
     (tests/test_production_repository.py sends one); every deployment file must carry those numbers."""
     options = flags(server_command(dockerfile(DOCKERFILE)))
     assert sorted(options["--backend-config"]) == sorted([f"python,shm-default-byte-size={contract.SHM_DEFAULT_BYTES}",
-                                                         f"python,shm-growth-byte-size={contract.SHM_GROWTH_BYTES}"])
+                                                         f"python,shm-growth-byte-size={contract.SHM_GROWTH_BYTES}",
+                                                         "python,shm-region-prefix-name=iqa_triton_"])
+    # The watchdog (the entry point) removes regions a killed server left under this prefix before it
+    # starts the server (tests/test_faults.py); without a prefix it would have nothing it could call its own.
+    assert shm_region_prefix(server_command(dockerfile(DOCKERFILE))) == "iqa_triton_"
     compose_shm = quantity_bytes(compose["services"]["triton"]["shm_size"])
     pod = deployment(manifests)["spec"]["template"]["spec"]
     (dshm,) = [v for v in pod["volumes"] if v["name"] == "dshm"]

@@ -27,7 +27,7 @@ from tritonclient.utils import InferenceServerException
 
 from iqa.contract import ENSEMBLE_MODEL, NETWORK_MODEL, PREPROCESS_MODEL, SCORE_NAMES
 from iqa.serving.launcher import REPO, Ports, TritonServer, free_ports
-from iqa.serving.watchdog import PROBE_IMAGE, probe, python_stubs
+from iqa.serving.watchdog import PROBE_IMAGE, SHM_DIR, probe, python_stubs, shm_region_prefix
 from loadtest.faults import kill_stub, ready
 from loadtest.pressure import Pressure
 
@@ -130,12 +130,16 @@ def test_the_container_entry_point_locks_the_admin_api_recovers_a_dead_stub_and_
     args, env = TritonServer(ports=ports, run_dir=tmp_path, exit_timeout_s=10).command()
     bare = [a for a in args if not a.startswith(("--http-restricted-api", "--grpc-restricted-protocol"))]
     health = f"http://127.0.0.1:{health_port}"
+    # A region an earlier, killed server left behind (in a pod: the Memory emptyDir outlives the container).
+    stale = SHM_DIR / f"{shm_region_prefix(bare)}left-by-a-killed-server"
+    stale.write_bytes(b"\0" * 4096)
     with open(tmp_path / "entrypoint.log", "wb") as log:
         entry = subprocess.Popen([sys.executable, "-m", "iqa.serving.watchdog", f"--health-port={health_port}",
                                   f"--http-port={ports.http}", "--", *bare], env=env, cwd=REPO, stdout=log,
                                  stderr=subprocess.STDOUT)
     try:
         assert _wait_for(lambda: ready(health), 180) is not None, (tmp_path / "entrypoint.log").read_text()[-3000:]
+        assert not stale.exists() and stale.name in (tmp_path / "entrypoint.log").read_text()
         (server_pid,) = _children(entry.pid)
         with grpcclient.InferenceServerClient(f"127.0.0.1:{ports.grpc}") as client:
             with pytest.raises(InferenceServerException, match="restricted"):
@@ -150,6 +154,7 @@ def test_the_container_entry_point_locks_the_admin_api_recovers_a_dead_stub_and_
         assert entry.wait(timeout=10 + 15) == 0, (tmp_path / "entrypoint.log").read_text()[-3000:]
         assert _parent(Path(f"/proc/{server_pid}")) is None, "tritonserver outlived the entry point"
     finally:
+        stale.unlink(missing_ok=True)
         if entry.poll() is None:
             entry.kill()
             entry.wait()

@@ -4,6 +4,7 @@ import http.client
 import re
 import signal
 import socket
+import os
 import subprocess
 import sys
 import time
@@ -284,3 +285,13 @@ def test_a_stop_held_up_by_an_open_http_connection_says_so(tmp_path, caplog):
         keep_alive.close()
     assert f"1 HTTP connection(s) to port {server.ports.http} are open" in caplog.text
     assert "--exit-timeout-secs (5 s)" in caplog.text
+
+
+def test_regions_of_launchers_that_no_longer_run_are_removed_and_no_others(tmp_path):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # its PID now names no process
+    names = [f"iqa_{gone.pid}_8001_0f1e", f"iqa_{os.getpid()}_8001_0f1e", "iqa_triton_0f1e", "other_0f1e"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"\0")
+    assert launcher.remove_orphaned_regions(tmp_path) == [names[0]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[1:])

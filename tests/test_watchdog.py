@@ -9,7 +9,7 @@ import pytest
 
 from iqa.contract import PATCH_SHAPE
 from iqa.preprocess import preprocess
-from iqa.serving.watchdog import PROBE_IMAGE, AdminAccess, HealthServer, Probe, Watchdog
+from iqa.serving.watchdog import PROBE_IMAGE, AdminAccess, HealthServer, Probe, Watchdog, remove_regions, shm_region_prefix
 
 
 def test_the_probe_image_is_one_the_preprocessing_accepts():
@@ -69,3 +69,17 @@ def test_the_admin_secret_is_fresh_and_long_and_never_printed():
     assert one.secret != two.secret and len(one.secret) >= 24
     assert one.secret not in repr(one)
     assert one.grpc_headers == {"triton-grpc-protocol-iqa-admin-key": one.secret}
+
+
+def test_stale_regions_are_found_by_the_prefix_on_the_server_command_line(tmp_path):
+    command = ["tritonserver", "--backend-config=python,shm-default-byte-size=1024",
+               "--backend-config=python,shm-region-prefix-name=iqa_triton_"]
+    assert shm_region_prefix(command) == "iqa_triton_"
+    assert shm_region_prefix(command[:2]) is None
+    for name in ("iqa_triton_a1", "iqa_triton_b2", "iqa_tritonx", "other_region"):
+        (tmp_path / name).write_bytes(b"\0")
+    assert sorted(remove_regions("iqa_triton_", tmp_path)) == ["iqa_triton_a1", "iqa_triton_b2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["iqa_tritonx", "other_region"]
+    for bad in ("", "../etc/", ".hidden"):
+        with pytest.raises(ValueError, match="not a shared-memory region prefix"):
+            remove_regions(bad, tmp_path)

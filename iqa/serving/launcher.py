@@ -51,7 +51,7 @@ from iqa.contract import (
     SHM_DEFAULT_BYTES,
     SHM_GROWTH_BYTES,
 )
-from iqa.serving.watchdog import START_TIMEOUT_S, AdminAccess, HealthServer, Watchdog, answers_200
+from iqa.serving.watchdog import SHM_DIR, START_TIMEOUT_S, AdminAccess, HealthServer, Watchdog, answers_200
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_REPOSITORY = REPO / "model_repository"
@@ -400,7 +400,8 @@ class TritonServer:
 
     @property
     def shm_prefix(self) -> str:
-        """The name prefix of this server's Python-backend regions in /dev/shm (one server per gRPC port)."""
+        """The name prefix of this server's Python-backend regions in /dev/shm (one server per gRPC port);
+        remove_orphaned_regions reads the launcher's PID back from it."""
         return f"iqa_{os.getpid()}_{self.ports.grpc}_"
 
     @property
@@ -461,6 +462,10 @@ class TritonServer:
 
     def start(self) -> TritonServer:
         check_ports_free(self.ports.named() | ({"health": self.health_port} if self.watchdog else {}))
+        orphaned = remove_orphaned_regions()
+        if orphaned:
+            log.warning("removed %d shared-memory region(s) of launchers that no longer run (killed with their "
+                        "janitor): %s", len(orphaned), ", ".join(sorted(orphaned)))
         args, env = self.command()
         self.command_line = args
         log.info("starting %s", " ".join(args).replace(self.admin.secret, "<admin secret>"))
@@ -579,6 +584,36 @@ class TritonServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+_LAUNCHER_REGION = re.compile(r"iqa_(?P<pid>\d+)_\d+_")  # TritonServer.shm_prefix
+
+
+def remove_orphaned_regions(shm_dir: Path = SHM_DIR) -> list[str]:
+    """Remove the Python-backend regions of launchers that no longer run; return their names.
+
+    The janitor removes a killed launcher's regions, but not when it is killed too (a whole process
+    tree or sandbox stopped at once): those regions (up to SHM_DEFAULT_BYTES each, tmpfs memory) would
+    stay until reboot. A region belongs to the launcher whose PID its name carries; one whose PID is
+    alive is left alone, whoever it is.
+    """
+    removed = []
+    for region in shm_dir.glob("iqa_*"):
+        match = _LAUNCHER_REGION.match(region.name)
+        if match and not _process_exists(int(match["pid"])):
+            region.unlink(missing_ok=True)
+            removed.append(region.name)
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 # Run by /bin/sh with $1 the launcher's PID, $2 the server's (its process group), $3 the region prefix.

@@ -349,6 +349,38 @@ def answers_200(url: str) -> bool:
         return False
 
 
+SHM_DIR = Path("/dev/shm")
+_SHM_PREFIX_FLAG = re.compile(r"--backend-config=python,shm-region-prefix-name=(?P<prefix>.+)")
+
+
+def shm_region_prefix(command: list[str]) -> str | None:
+    """The Python backend's region-name prefix set on a tritonserver command line
+    (`--backend-config=python,shm-region-prefix-name=P`), or None when it is not set."""
+    for arg in command:
+        match = _SHM_PREFIX_FLAG.fullmatch(arg)
+        if match:
+            return match["prefix"]
+    return None
+
+
+def remove_regions(prefix: str, shm_dir: Path = SHM_DIR) -> list[str]:
+    """Remove the shared-memory files whose names start with `prefix`; return their names.
+
+    For regions no live server uses: Triton removes its regions when it exits, but not when it is
+    killed (SIGKILL, the OOM killer), and a Kubernetes Memory emptyDir outlives the container, so
+    a restarted container would find them still there, counted against the pod's memory limit.
+    Raises ValueError for a prefix that is empty or names another directory.
+    """
+    if not prefix or "/" in prefix or prefix.startswith("."):
+        raise ValueError(f"not a shared-memory region prefix: {prefix!r}")
+    removed = []
+    for region in shm_dir.iterdir():
+        if region.name.startswith(prefix) and region.is_file():
+            region.unlink(missing_ok=True)
+            removed.append(region.name)
+    return removed
+
+
 def wait_until_ready(http_url: str, process: subprocess.Popen, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and process.poll() is None:
@@ -374,6 +406,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give the tritonserver command after --")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
+    prefix = shm_region_prefix(command)
+    if prefix:  # the container's only server, not started yet: whatever carries its prefix is stale
+        stale = remove_regions(prefix)
+        if stale:
+            log.warning("removed %d shared-memory region(s) an earlier server left in %s (killed before it could "
+                        "remove them): %s", len(stale), SHM_DIR, ", ".join(sorted(stale)))
     access = AdminAccess()
     server = subprocess.Popen([*command, *access.server_flags()])
     http_url = f"127.0.0.1:{args.http_port}"
