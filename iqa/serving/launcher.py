@@ -595,7 +595,8 @@ def remove_orphaned_regions(shm_dir: Path = SHM_DIR) -> list[str]:
     The janitor removes a killed launcher's regions, but not when it is killed too (a whole process
     tree or sandbox stopped at once): those regions (up to SHM_DEFAULT_BYTES each, tmpfs memory) would
     stay until reboot. A region belongs to the launcher whose PID its name carries; one whose PID is
-    alive is left alone, whoever it is.
+    alive is left alone, whoever it is. PIDs are this PID namespace's: launchers in other containers
+    that share this /dev/shm (docker --ipc=host) would look gone, so give each container its own.
     """
     removed = []
     for region in shm_dir.glob("iqa_*"):
