@@ -51,7 +51,15 @@ from iqa.contract import (
     SHM_DEFAULT_BYTES,
     SHM_GROWTH_BYTES,
 )
-from iqa.serving.watchdog import SHM_DIR, START_TIMEOUT_S, AdminAccess, HealthServer, Watchdog, answers_200
+from iqa.serving.watchdog import (
+    SHM_DIR,
+    START_TIMEOUT_S,
+    AdminAccess,
+    HealthServer,
+    Watchdog,
+    answers_200,
+    remove_regions,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_REPOSITORY = REPO / "model_repository"
@@ -543,8 +551,7 @@ class TritonServer:
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        for region in Path("/dev/shm").glob(f"{self.shm_prefix}*"):
-            region.unlink(missing_ok=True)
+        remove_regions(self.shm_prefix)
         if self.janitor is not None:
             self.janitor.kill()
             self.janitor.wait()
