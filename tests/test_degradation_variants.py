@@ -55,6 +55,22 @@ def test_each_implementation_is_the_identity_at_zero_and_grows_with_strength(cas
     assert damage[-1] > damage[1] and damage[-1] > 10, damage
 
 
+# Every strength a training run can draw (uniform in [0, 1]) lands somewhere: the ends, the tiny values where
+# interpolated parameters round to their pristine value (JPEG quality 97-100), and between every two anchors.
+WHOLE_RANGE = (1e-6, 0.001, 0.005, 0.01, 0.014, 0.02, 0.05, 0.1, 0.19, 0.2, 0.3, 0.5, 0.7, 0.9, 0.99, 0.999999, 1.0)
+
+
+@pytest.mark.parametrize("case", VARIANTS, ids=_id)
+def test_each_implementation_runs_over_its_whole_strength_range(case, picture):
+    """A long run draws every strength: none may raise (the double-JPEG draw crashed at step ~193 of a run)."""
+    kind, variant = case
+    small = np.ascontiguousarray(picture[:64, :96])
+    for strength in WHOLE_RANGE:
+        for seed in range(3):
+            out = kind(small, strength, np.random.default_rng(seed), variant.name)
+            assert out.shape == small.shape and out.dtype == np.uint8, (strength, seed)
+
+
 @pytest.mark.parametrize("case", VARIANTS, ids=_id)
 def test_each_implementation_is_calibrated_to_kadid_level_five(case, picture):
     """Mean squared change at level 5, over four draws, within 2x of the KADID reading's (JPEG's for WebP)."""

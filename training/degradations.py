@@ -383,9 +383,11 @@ def _jpeg_other_tables(rgb: np.ndarray, quality: float, rng: np.random.Generator
 
 
 def _double_jpeg(rgb: np.ndarray, quality: float, rng: np.random.Generator) -> np.ndarray:
-    # A picture saved by a camera or editor, then recompressed by an upload pipeline.
-    first = _encode_decode(rgb, format="JPEG", quality=int(rng.integers(max(round(quality), 70), 96)),
-                           subsampling=int(rng.integers(3)))
+    # A picture saved by a camera or editor (quality 70-96, never below the final one), then recompressed by
+    # an upload pipeline. The first quality's lower bound is capped at 96 so that the draw is never empty:
+    # near strength 0 the final quality rounds to 97-100 (rng.integers(97, 96) raised ValueError).
+    first_quality = int(rng.integers(min(max(round(quality), 70), 96), 97))
+    first = _encode_decode(rgb, format="JPEG", quality=first_quality, subsampling=int(rng.integers(3)))
     return _encode_decode(first, format="JPEG", quality=int(round(quality)))
 
 
