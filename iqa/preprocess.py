@@ -22,6 +22,7 @@ except ImportError:
     pillow_heif = None
 
 from iqa import jpeg_regions
+from iqa.borders import content_box
 from iqa.contract import (
     ACCEPTED_FORMATS,
     CELLS_SHAPE,
@@ -162,13 +163,14 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
 def sample_patches(rgb: np.ndarray) -> np.ndarray:
     """RGB uint8 [H, W, 3] -> patches uint8 [K, 3, P, P] at native resolution.
 
-    One patch centred in each cell of a PATCH_GRID over the picture, so the
-    patches spread over the frame without sitting in its corners. Pictures
-    smaller than a patch are mirrored out to the patch size.
+    One patch centred in each cell of a PATCH_GRID over the picture's content (iqa.borders:
+    the frame minus uniform borders on opposite sides, e.g. a letterbox or a white canvas), so
+    the patches spread over the content without sitting in its corners. Pictures smaller than
+    a patch are mirrored out to the patch size first.
     """
     rgb, _ = _pad_to_patch(rgb)
     patches = np.empty(PATCH_SHAPE, dtype=np.uint8)
-    for index, (top, left) in enumerate(patch_origins(*rgb.shape[:2])):
+    for index, (top, left) in enumerate(patch_origins(*rgb.shape[:2], content_box(rgb))):
         patches[index] = rgb[top : top + PATCH_SIZE, left : left + PATCH_SIZE].transpose(2, 0, 1)
     return patches
 
@@ -193,15 +195,21 @@ def _pad_to_patch(rgb: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
     return rgb, (pad_y // 2, pad_x // 2)
 
 
-def patch_origins(height: int, width: int) -> list[tuple[int, int]]:
-    """(top, left) of each patch in a picture of at least PATCH_SIZE on both sides, row by row."""
+def patch_origins(height: int, width: int, box: tuple[int, int, int, int] | None = None) -> list[tuple[int, int]]:
+    """(top, left) of each patch in a picture of at least PATCH_SIZE on both sides, row by row.
+
+    Each patch is centred in a cell of a PATCH_GRID laid over `box` (top, left, bottom, right; the
+    content box, iqa.borders.content_box; None: the whole frame) and kept inside the picture, so a
+    content box smaller than a patch still gets whole patches around it.
+    """
+    top, left, bottom, right = box if box is not None else (0, 0, height, width)
     rows, cols = PATCH_GRID
-    return [(_cell_origin(row, rows, height), _cell_origin(col, cols, width))
+    return [(_cell_origin(row, rows, top, bottom, height), _cell_origin(col, cols, left, right, width))
             for row in range(rows) for col in range(cols)]
 
 
-def _cell_origin(cell: int, cells: int, extent: int) -> int:
-    centre = (cell + 0.5) * extent / cells
+def _cell_origin(cell: int, cells: int, start: int, end: int, extent: int) -> int:
+    centre = start + (cell + 0.5) * (end - start) / cells
     return int(min(max(round(centre - PATCH_SIZE / 2), 0), extent - PATCH_SIZE))
 
 
@@ -255,16 +263,22 @@ def tile(rgb: np.ndarray) -> Tiles:
     """RGB uint8 [H, W, 3] -> the map's cells at native resolution, their grid and boxes.
 
     Pictures smaller than a patch are mirrored out to the patch size, as for sample_patches, and
-    their cells' boxes are clipped to the picture. Raises ImageError below MIN_IMAGE_SIDE.
+    their cells' boxes are clipped to the picture. A cell that lies wholly in a uniform border
+    (iqa.borders) is sent as zeros: flat, so it scores 0.0 (no evidence) and stays out of the pooled
+    score, as the 4-patch score leaves borders out. Raises ImageError below MIN_IMAGE_SIDE.
     """
     height, width = rgb.shape[:2]
     padded, (pad_top, pad_left) = _pad_to_patch(rgb)
+    content_top, content_left, content_bottom, content_right = content_box(padded)
     rows, cols = cell_grid(*padded.shape[:2])
     tops, lefts = _cell_origins(rows, padded.shape[0]), _cell_origins(cols, padded.shape[1])
     cells = np.zeros(CELLS_SHAPE, dtype=np.uint8)
     boxes = np.full((MAX_CELLS, 4), -1, dtype=np.int32)
     for index, (top, left) in enumerate((t, l) for t in tops for l in lefts):
-        cells[index] = padded[top : top + PATCH_SIZE, left : left + PATCH_SIZE].transpose(2, 0, 1)
+        in_content = (top < content_bottom and top + PATCH_SIZE > content_top
+                      and left < content_right and left + PATCH_SIZE > content_left)
+        if in_content:
+            cells[index] = padded[top : top + PATCH_SIZE, left : left + PATCH_SIZE].transpose(2, 0, 1)
         boxes[index] = (max(left - pad_left, 0), max(top - pad_top, 0),
                         min(left - pad_left + PATCH_SIZE, width), min(top - pad_top + PATCH_SIZE, height))
     return Tiles(cells, np.array([rows, cols], dtype=np.int32), boxes, np.array([height, width], dtype=np.int32))

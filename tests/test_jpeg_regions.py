@@ -111,9 +111,11 @@ def test_the_crop_decodes_a_fraction_of_the_picture():
     frame = jpeg_regions.read_frame(KINDS["baseline_420"]())
     boxes = patch_origins(frame.height, frame.width)
     regions = jpeg_regions._regions(boxes, frame.width, frame.height, progressive=False)
-    assert len(regions) == 2  # one band per row of patches
+    # the top rows (the outermost row, for iqa.borders) and one band per row of patches, each across the width
+    assert len(regions) == 3 and regions[0][:3] == (0, 0, 1 + jpeg_regions.MARGIN)
+    assert all(left == 0 and right == frame.width for _, left, _, right in regions)
     area = sum((b - t) * (r - l) for t, l, b, r in regions)
-    assert area < 0.4 * frame.width * frame.height
+    assert area < jpeg_regions.MAX_REGION_SHARE * frame.width * frame.height
 
 
 @pytest.mark.parametrize("kind", ["small_photo", "png", "truncated", "twelve_bits_claimed", "arithmetic_claimed"])
