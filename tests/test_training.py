@@ -204,14 +204,16 @@ def test_a_few_training_steps_reduce_the_loss():
 def test_type_weights_change_the_training_mix_and_refuse_nonsense():
     rng = np.random.default_rng(0)
     doubled = type_weights({"motion_blur": 2.0})
-    blurs = [name for r in (random_recipe(rng, doubled) for _ in range(3000)) for name, *_ in r.steps if "blur" in name]
+    blurs = [name for r in (random_recipe(rng, doubled) for _ in range(3000))
+             for name, *_ in r.steps if BY_NAME[name].family == "blur"]
     share = blurs.count("motion_blur") / len(blurs)
-    assert 0.45 < share < 0.55, share  # 2 / (1 + 1 + 2)
+    expected = 2.0 / (sum(TYPE_WEIGHTS["blur"].values()) - TYPE_WEIGHTS["blur"]["motion_blur"] + 2.0)
+    assert abs(share - expected) < 0.05, (share, expected)
     assert type_weights() == {f: dict(k) for f, k in TYPE_WEIGHTS.items()}
     with pytest.raises(ValueError, match="unknown distortion type"):
         type_weights({"motion": 2.0})
     with pytest.raises(ValueError, match="every blur type has weight 0"):
-        type_weights({"gaussian_blur": 0, "lens_blur": 0, "motion_blur": 0})
+        type_weights(dict.fromkeys(TYPE_WEIGHTS["blur"], 0))
     for bad in (["motion_blur"], ["motion_blur=x"], ["no_such_type=1"]):
         with pytest.raises(SystemExit):  # argparse's usage error, before any work starts
             train.parse_type_weights(bad)

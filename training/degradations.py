@@ -33,6 +33,7 @@ import torch
 from PIL import Image, ImageFilter
 
 from iqa.contract import SCORE_NAMES
+from training import pipelines
 
 # The score families, lower-case, in the served order (noise, blur, compression).
 FAMILIES = tuple(name.lower() for name in SCORE_NAMES)
@@ -58,6 +59,9 @@ class DistortionType:
     family: str  # one of FAMILIES
     anchors: tuple[float, ...]  # parameter at t = 0, then at KADID levels 1..5
     variants: tuple[Variant, ...]  # the first: the KADID reading, used by evaluation
+    # KADID levels at which the parameter does the damage of the family's KADID type (training.calibrate);
+    # above it the encoder's last steps stand in for levels its strongest setting does not reach.
+    calibrated_levels: int = 5
 
     def parameter(self, strength: float) -> float:
         return float(np.interp(strength, _ANCHOR_STRENGTHS, self.anchors))
@@ -224,6 +228,65 @@ def _aliased_motion_blur(rgb: np.ndarray, length: float, rng: np.random.Generato
 
 def _shake_blur(rgb: np.ndarray, length: float, rng: np.random.Generator) -> np.ndarray:
     return convolve(rgb, shake_kernel(length, rng))
+
+
+def trajectory_kernel(length: float, rng: np.random.Generator, steps: int = 96) -> np.ndarray:
+    """A hand's shake during the exposure: a trajectory with inertia and sudden jerks, scaled to `length` pixels.
+
+    After Boracchi and Foi's model (IEEE TIP 2012, "Modeling the performance of image restoration from motion
+    blur"): the velocity takes a random step each instant, is pulled back towards the start (the hand holds
+    the camera), and now and then turns sharply (a jerk); the kernel is the time the sensor spends at each
+    position, drawn with bilinear splats. `length` is the diagonal of the path's bounding box, so that a
+    straight path is a line of that length (motion_kernel's).
+    """
+    anxiety, jerk_rate = rng.uniform(0.05, 0.5), rng.uniform(0.0, 0.1)
+    velocity = np.exp(1j * rng.uniform(0, 2 * np.pi))
+    position = np.zeros(steps, np.complex128)
+    for t in range(1, steps):
+        if rng.random() < jerk_rate:
+            velocity = velocity * np.exp(1j * rng.uniform(np.pi / 2, 3 * np.pi / 2))
+        velocity = velocity + anxiety * (rng.standard_normal() + 1j * rng.standard_normal()) - 0.02 * position[t - 1]
+        velocity = velocity / max(abs(velocity), 1e-9)
+        position[t] = position[t - 1] + velocity
+    path = np.stack([position.imag, position.real], axis=1)
+    extent = np.hypot(*(path.max(axis=0) - path.min(axis=0)))  # the bounding box's diagonal, as a line's length
+    path = path * (max(length, 1.0) / max(extent, 1e-9))
+    path -= (path.max(axis=0) + path.min(axis=0)) / 2
+    size = 2 * int(np.ceil(np.abs(path).max() + 1)) + 1
+    kernel = np.zeros((size, size))
+    y, x = (path + size // 2).T
+    y0, x0 = np.floor(y).astype(int), np.floor(x).astype(int)
+    fy, fx = y - y0, x - x0
+    for dy, dx, w in ((0, 0, (1 - fy) * (1 - fx)), (0, 1, (1 - fy) * fx), (1, 0, fy * (1 - fx)), (1, 1, fy * fx)):
+        np.add.at(kernel, (np.clip(y0 + dy, 0, size - 1), np.clip(x0 + dx, 0, size - 1)), w)
+    return kernel / kernel.sum()
+
+
+def _trajectory_blur(rgb: np.ndarray, length: float, rng: np.random.Generator) -> np.ndarray:
+    return convolve(rgb, trajectory_kernel(length, rng))
+
+
+_RESAMPLERS = {"box": Image.Resampling.BOX, "bilinear": Image.Resampling.BILINEAR,
+               "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
+
+
+def _resolution_loss(rgb: np.ndarray, zoom: float, rng: np.random.Generator) -> np.ndarray:
+    """Down to `zoom` of the size with an anti-aliasing filter and back up, as a small camera, a thumbnail shown
+    large, or a video stream at a lower resolution than the screen."""
+    h, w = rgb.shape[:2]
+    down = _RESAMPLERS[("box", "bilinear", "bicubic", "lanczos")[int(rng.integers(4))]]
+    up = _RESAMPLERS[("bilinear", "bicubic", "lanczos")[int(rng.integers(3))]]
+    small = Image.fromarray(rgb).resize((max(1, round(w * zoom)), max(1, round(h * zoom))), down)
+    return np.asarray(small.resize((w, h), up))
+
+
+def _aliased_resolution_loss(rgb: np.ndarray, zoom: float, rng: np.random.Generator) -> np.ndarray:
+    """The same through OpenCV's bilinear resize both ways, which does not filter when it shrinks (aliasing)."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    small = cv2.resize(rgb, (max(1, round(w * zoom)), max(1, round(h * zoom))), interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(small, (w, h), interpolation=(cv2.INTER_LINEAR, cv2.INTER_CUBIC)[int(rng.integers(2))])
 
 
 # ---------------------------------------------------------------- noise (variances on the [0, 1] scale)
@@ -446,7 +509,7 @@ TYPES: tuple[DistortionType, ...] = (
     DistortionType(10, "jpeg", "compression", (100.0, 43.0, 36.0, 24.0, 7.0, 4.0), (
         Variant("libjpeg_420", _jpeg, True), Variant("libjpeg_444", _jpeg_444, True),
         Variant("libjpeg_422", _jpeg_422, True), Variant("other_tables", _jpeg_other_tables, True),
-        Variant("double", _double_jpeg, True))),
+        Variant("double", _double_jpeg, True), Variant("then_downscaled", pipelines.then_downscaled(_jpeg), True))),
     DistortionType(11, "white_noise", "noise", (0.0, 0.001, 0.002, 0.003, 0.005, 0.01), (
         Variant("rgb", _white_noise, False), Variant("mono", _mono_white_noise, True),
         Variant("poisson_gaussian", _poisson_gaussian_noise, False))),
@@ -463,13 +526,55 @@ TYPES: tuple[DistortionType, ...] = (
         Variant("nearest_centred", _pixelate, True), Variant("nearest_offset", _offset_pixelate, True),
         Variant("resampled", _resampled_pixelate, True))),
 )
-# Not a KADID type: WebP quality, calibrated against JPEG's damage at KADID's levels on photos.
+# Calibrated anchors (parameter at strength 0, then KADID levels 1-5): `python -m training.calibrate` (8 training
+# photos, 2-vCPU VM, 2026-12-03); mean squared error of JPEG at levels 1-5 there: 44, 50, 67, 193, 355.
+AVIF_ANCHORS = (95.0, 44.6, 42.4, 35.3, 5.5, 0.0)  # level 5 out of reach (quality 0: 206 vs JPEG's 355)
+HEIC_ANCHORS = (95.0, 31.9, 30.1, 24.5, 7.0, 0.0)  # level 5 out of reach (quality 0: 274)
+H264_ANCHORS = (10.0, 26.6, 27.6, 30.2, 40.0, 51.0)  # CRF; level 5 out of reach (CRF 51: 333)
+HEVC_ANCHORS = (10.0, 30.7, 31.7, 34.3, 43.8, 51.0)  # CRF; level 5 out of reach (CRF 51: 324)
+VP9_ANCHORS = (10.0, 52.9, 54.6, 58.4, 60.7, 63.0)  # CRF; levels 4-5 out of reach (CRF 63: 106)
+AV1_ANCHORS = (10.0, 54.6, 56.2, 59.0, 61.0, 63.0)  # CRF; levels 4-5 out of reach (CRF 63: 144)
+# Zoom; the mildest resolution loss (0.98) already does the damage of Gaussian blur at level 2 (sigma 0.5).
+RESOLUTION_LOSS_ANCHORS = (1.0, 0.98, 0.974, 0.507, 0.241, 0.095)
+
+
+# Not KADID types: the codecs pictures travel through today and resolution loss. Each codec's setting at KADID's
+# levels 1-5 does the mean squared damage JPEG does at that level over training photos (512x384), found by
+# `python -m training.calibrate` (its table is in README, "The model"); where the encoder's strongest setting
+# does less (WebP and AVIF at level 5), the last levels are its last steps. The anchor at strength 0 is a
+# visually lossless setting, interpolated towards level 1.
+def _codec(name: str, anchors: tuple[float, ...], calibrated_levels: int, *variants: Variant) -> DistortionType:
+    return DistortionType(None, name, "compression", anchors, variants, calibrated_levels)
+
+
+def _video(name: str, anchors: tuple[float, ...], calibrated_levels: int) -> DistortionType:
+    # A video's frames are mostly predicted ones; the key frame is the other kind. Both at the same CRF.
+    return _codec(name, anchors, calibrated_levels, Variant("intra", pipelines.video_codec(name, 0), True),
+                  Variant("inter", pipelines.video_codec(name, 2), True))
+
+
 EXTRA_TYPES: tuple[DistortionType, ...] = (
     # Quality at KADID's levels 1-3 matches JPEG's mean squared damage there (3 photos, 512x384: 35 ~ q43,
     # 30 ~ q36, 18 ~ q24); WebP's worst quality, 0, does about half the damage of JPEG q4, so levels 4-5 are
-    # libwebp's last steps.
-    DistortionType(None, "webp", "compression", (100.0, 35.0, 30.0, 18.0, 2.0, 0.0), (
-        Variant("libwebp", _webp, False),)),  # libwebp's limited-range YUV leaves grey off by a level here and there
+    # libwebp's last steps. libwebp's limited-range YUV leaves grey off by a level here and there (colourless False).
+    _codec("webp", (100.0, 35.0, 30.0, 18.0, 2.0, 0.0), 3, Variant("libwebp", _webp, False),
+           Variant("then_downscaled", pipelines.then_downscaled(_webp), False)),
+    _codec("avif", AVIF_ANCHORS, 4, Variant("libavif", pipelines.avif, True),
+           Variant("then_downscaled", pipelines.then_downscaled(pipelines.avif), True)),
+    _codec("heic", HEIC_ANCHORS, 4, Variant("x265", pipelines.heic, True)),
+    _video("h264", H264_ANCHORS, 4),
+    _video("hevc", HEVC_ANCHORS, 4),
+    _video("vp9", VP9_ANCHORS, 3),
+    _video("av1", AV1_ANCHORS, 3),
+    # Down-scale factor; at each KADID level the mean squared change of Gaussian blur at that level's sigma.
+    DistortionType(None, "resolution_loss", "blur", RESOLUTION_LOSS_ANCHORS, (
+        Variant("filtered", _resolution_loss, True), Variant("opencv_bilinear", _aliased_resolution_loss, True))),
+    # A hand's shake: the length of KADID's motion blur, as the diagonal of a random trajectory.
+    DistortionType(None, "camera_shake", "blur", (0.0, 1.0, 2.0, 4.0, 6.0, 10.0), (
+        Variant("trajectory", _trajectory_blur, True),)),
+    # A camera's sensor noise at KADID's white-noise variances (pipelines.CAMERA_NOISE_GAIN calibrates it).
+    DistortionType(None, "camera_noise", "noise", (0.0, 0.001, 0.002, 0.003, 0.005, 0.01), (
+        Variant("raw", pipelines.camera_noise, False), Variant("phone", pipelines.phone_camera_noise, False))),
 )
 BY_NAME = {t.name: t for t in TYPES + EXTRA_TYPES}
 # A camera and an upload pipeline degrade in this order.
@@ -522,9 +627,13 @@ class Recipe:
 PRISTINE_SHARE = 0.12
 FAMILY_COUNT_WEIGHTS = {1: 0.55, 2: 0.3, 3: 0.15}
 TYPE_WEIGHTS = {
-    "blur": {"gaussian_blur": 1.0, "lens_blur": 1.0, "motion_blur": 1.0},
-    "noise": {"white_noise": 1.0, "colour_noise": 1.0, "impulse_noise": 1.0, "multiplicative_noise": 1.0},
-    "compression": {"jpeg": 1.0, "jpeg2000": 0.6, "pixelate": 0.8, "webp": 0.6},
+    "blur": {"gaussian_blur": 1.0, "lens_blur": 1.0, "motion_blur": 1.0, "resolution_loss": 0.8, "camera_shake": 0.6},
+    "noise": {"white_noise": 1.0, "colour_noise": 1.0, "impulse_noise": 1.0, "multiplicative_noise": 1.0,
+              "camera_noise": 1.0},
+    # The codecs that carry most pictures today (HEIC from phones, WebP and AVIF on the web, video frames)
+    # weigh as much together as the KADID types of the family.
+    "compression": {"jpeg": 1.0, "jpeg2000": 0.4, "pixelate": 0.6, "webp": 0.6, "avif": 0.8, "heic": 0.8,
+                    "h264": 1.0, "hevc": 0.8, "vp9": 0.4, "av1": 0.6},
 }
 # The KADID reading keeps this share of its type's draws (so the figures measured on it hold); the other
 # variants share the rest equally.

@@ -4,6 +4,8 @@
     python -m training.train --minutes 7 --batch 96 --views 4 --workers 14    # the GPU run (training/gpu_run.sh)
     python -m training.train --resume training/runs/default              # continue a run
     python -m training.train --init training/weights/iqa_resnet50.fp16.pt --lr 1e-3 --seed 1   # a warm restart
+    python -m training.train --device cpu --init training/weights/iqa_resnet50.fp16.pt --bank BANK \
+        --bn frozen --ema 0.998 --lr 3e-5 --batch 8 --views 4 --workers 1     # the safe CPU warm restart (README)
 
 One sample is one virtual picture: a random crop (256-512 px a side) of a pool photo at a
 random scale, degraded by a random recipe (training.degradations), then cut into patches
@@ -14,7 +16,12 @@ same degraded picture, each turned by a random multiple of 90 degrees and maybe 
 patch set then costs the CPU a quarter of a degraded picture, which keeps a GPU fed.
 
 Samples are a pure function of (seed, sample index), so a resumed run sees the same data a
-straight run would. The run directory gets checkpoint.pt, log.jsonl (loss, throughput, the
+straight run would. `--bank DIR` trains on degraded pictures generated once by training.bank (slow
+encoders such as AVIF, HEIC and x265 cost 100-300 ms a picture: paid once, not at every step).
+For warm restarts on a CPU: `--bn frozen` keeps the batch-norm statistics the network was trained
+with (a CPU batch of 8 pictures is too small and too correlated to re-estimate them), `--ema` keeps
+an exponential moving average of the weights, which is what gets saved, and `--freeze-through`
+trains only the stages above the one named. The run directory gets checkpoint.pt, log.jsonl (loss, throughput, the
 share of time the accelerator waited for data, validation figures) and the fp16 weights.
 """
 
@@ -38,12 +45,17 @@ from iqa.network import DegradationNet, build_model
 from iqa.preprocess import sample_patches
 from training import photos as photo_pool
 from training import synthetic
-from training.degradations import FAMILIES, random_recipe, type_weights
+from training.bank import BankPictures
+from training.degradations import FAMILIES, Recipe, random_recipe, type_weights
 from training.evaluate import one_thread, spearman
 
 # ------------------------------------------------------------------ settings
 SYNTHETIC_SHARE = 0.15  # samples whose pristine picture is rendered (text, UI, chart, graphic), not a photo
 CAPTION_SHARE = 0.05  # samples whose photo gets a caption drawn over it
+BORDER_SHARE = 0.03  # samples framed by uniform borders before they are degraded (iqa.borders finds the content)
+# The trunk's stages in order (DegradationNet.trunk: conv1, bn1, relu, maxpool, layer1..layer4), for --freeze-through.
+FREEZABLE = ("none", "stem", "layer1", "layer2", "layer3")
+_STAGE_END = {"none": 0, "stem": 4, "layer1": 5, "layer2": 6, "layer3": 7}  # trunk modules [0, end) are frozen
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--pool", type=Path, default=photo_pool.CACHE / "pool", help="photo pool (training.photos)")
 parser.add_argument("--run", type=Path, default=Path("training/runs/default"), help="run directory")
@@ -69,6 +81,16 @@ parser.add_argument("--synthetic", type=float, default=SYNTHETIC_SHARE,
                     "0: photos only, as the committed weights were trained")
 parser.add_argument("--loader-benchmark", type=int, metavar="N",
                     help="only time the data: N samples of this mix and of photos alone, on one core, then exit")
+parser.add_argument("--bank", type=Path, help="train on this bank of degraded pictures (python -m training.bank)")
+parser.add_argument("--bn", choices=("train", "frozen"), default="train",
+                    help="batch norm: 'train' updates its statistics (from scratch, big batches), 'frozen' keeps them")
+parser.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                    help="keep an exponential moving average of the weights with this decay per step and save it "
+                    "(0: off)")
+parser.add_argument("--freeze-through", choices=FREEZABLE, default="none",
+                    help="keep the trunk's stages up to this one as they are (faster steps, less to forget)")
+parser.add_argument("--border", type=float, default=BORDER_SHARE,
+                    help="share of samples drawn inside uniform borders (letterbox, pillarbox, canvas)")
 parser.add_argument("--type-weight", action="append", default=[], metavar="TYPE=W",
                     help="a distortion type's weight within its family, in place of training.degradations."
                     "TYPE_WEIGHTS (1 for most types), e.g. motion_blur=2 (repeatable; validation keeps the default mix)")
@@ -94,25 +116,58 @@ def load_pictures(pool: Path, split: str) -> list[np.ndarray]:
     return out
 
 
+def framed(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """`crop` inside uniform borders on opposite sides (or all four): a letterbox, a pillarbox, a canvas, in
+    black, white, grey or any colour. The degradation then runs over the whole frame, as an encoder does."""
+    h, w = crop.shape[:2]
+    colour = [(0, 0, 0), (255, 255, 255), tuple(int(v) for v in rng.integers(0, 256, 3)),
+              (int(rng.integers(0, 256)),) * 3][int(rng.integers(4))]
+    sides = ("letterbox", "pillarbox", "canvas")[int(rng.integers(3))]
+    pad_y = int(rng.integers(8, h // 2 + 1)) if sides != "pillarbox" else 0
+    pad_x = int(rng.integers(8, w // 2 + 1)) if sides != "letterbox" else 0
+    out = np.empty((h + 2 * pad_y, w + 2 * pad_x, 3), np.uint8)
+    out[:] = colour
+    out[pad_y : pad_y + h, pad_x : pad_x + w] = crop
+    return out
+
+
+def cut_views(degraded: np.ndarray, views: int, rng: np.random.Generator) -> np.ndarray:
+    """Patch sets uint8 [views, K, 3, P, P] of one degraded picture: its own, then sub-windows (at least
+    VIRTUAL_SIDES[0] a side where the picture allows), each turned by a random multiple of 90 degrees and
+    maybe mirrored."""
+    groups = [sample_patches(degraded)]
+    h, w = degraded.shape[:2]
+    for _ in range(views - 1):
+        sh, sw = (int(rng.integers(min(VIRTUAL_SIDES[0], s), s + 1)) for s in (h, w))
+        st, sl = int(rng.integers(h - sh + 1)), int(rng.integers(w - sw + 1))
+        window = np.rot90(degraded[st : st + sh, sl : sl + sw], k=int(rng.integers(4)))
+        groups.append(sample_patches(window[::-1] if rng.random() < 0.5 else window))
+    return np.stack(groups)
+
+
 class DegradedPictures(Dataset):
     """Sample i: patches uint8 [views, K, 3, P, P] and targets float32 [views, 3], from seed (seed, i).
 
     The pristine picture is a crop of a pool photo (drawn in proportion to photo_pool.content_weight, so
     dark, low-contrast and smooth photos are not rare), maybe with a caption drawn over it (CAPTION_SHARE),
-    or, for a share `synthetic` of the samples, a non-photographic picture rendered by training.synthetic.
+    or, for a share `synthetic` of the samples, a non-photographic picture rendered by training.synthetic;
+    a share `border` of them is framed by uniform borders (framed()) before it is degraded.
     """
 
     def __init__(self, pictures: list[np.ndarray], seed: int, views: int, length: int,
-                 weights: dict[str, dict[str, float]] | None = None, synthetic: float = SYNTHETIC_SHARE) -> None:
+                 weights: dict[str, dict[str, float]] | None = None, synthetic: float = SYNTHETIC_SHARE,
+                 border: float = 0.0) -> None:
         self.pictures, self.seed, self.views, self.length = pictures, seed, views, length
         self.weights = weights or type_weights()
-        self.synthetic = synthetic
+        self.synthetic, self.border = synthetic, border
         self.cumulative = np.cumsum([photo_pool.content_weight(p) for p in pictures])
 
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, index: int):
+    def degraded(self, index: int) -> tuple[np.ndarray, Recipe, np.random.Generator]:
+        """Sample `index`'s degraded picture (uint8 [H, W, 3]), its recipe (recipe.targets(): float32 [3]) and its
+        generator, which has drawn everything up to the degradation (the views draw from it next)."""
         rng = np.random.default_rng([self.seed, index])
         recipe = random_recipe(rng, self.weights)
         cap = JPEG2000_MAX_SIDE if any(step[0] == "jpeg2000" for step in recipe.steps) else VIRTUAL_SIDES[1]
@@ -131,15 +186,14 @@ class DegradedPictures(Dataset):
                 crop = crop[:, ::-1]
             if source < self.synthetic + CAPTION_SHARE:
                 crop = synthetic.caption(np.ascontiguousarray(crop), rng)
-        degraded = recipe.apply(np.ascontiguousarray(crop), rng)
-        groups = [sample_patches(degraded)]
-        for _ in range(self.views - 1):  # a sub-window of the same degraded picture, turned or mirrored
-            sh, sw = (int(rng.integers(VIRTUAL_SIDES[0], s + 1)) for s in (h, w))
-            st, sl = int(rng.integers(h - sh + 1)), int(rng.integers(w - sw + 1))
-            window = np.rot90(degraded[st : st + sh, sl : sl + sw], k=int(rng.integers(4)))
-            groups.append(sample_patches(window[::-1] if rng.random() < 0.5 else window))
-        targets = np.repeat(recipe.targets()[None], self.views, axis=0)
-        return torch.from_numpy(np.stack(groups)), torch.from_numpy(targets)
+        if self.border and rng.random() < self.border:
+            crop = framed(np.ascontiguousarray(crop), rng)
+        return recipe.apply(np.ascontiguousarray(crop), rng), recipe, rng
+
+    def __getitem__(self, index: int):
+        degraded, recipe, rng = self.degraded(index)
+        patches = cut_views(degraded, self.views, rng)
+        return torch.from_numpy(patches), torch.from_numpy(np.repeat(recipe.targets()[None], self.views, axis=0))
 
 
 def loader(dataset: Dataset, batch: int, workers: int, start: int = 0, drop_last: bool = True) -> DataLoader:
@@ -165,8 +219,29 @@ def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return (per_score * keep).sum() / keep.sum().clamp_min(1)
 
 
+def set_training_mode(model: DegradationNet, bn: str = "train", freeze_through: str = "none") -> None:
+    """model.train(), except batch norm when `bn` is "frozen" and the frozen stages, which stay in eval mode
+    (their running statistics are what the network was trained with)."""
+    model.train()
+    for index, module in enumerate(model.trunk):
+        if index < _STAGE_END[freeze_through]:
+            module.eval()
+    if bn == "frozen":
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.eval()
+
+
+def freeze(model: DegradationNet, freeze_through: str) -> None:
+    """Stop the gradients of the trunk's stages up to `freeze_through` (FREEZABLE): no backward pass through them."""
+    for index, module in enumerate(model.trunk):
+        for parameter in module.parameters():
+            parameter.requires_grad_(index >= _STAGE_END[freeze_through])
+
+
 @torch.no_grad()
 def validate(model: DegradationNet, batches: list, device: str, autocast) -> dict:
+    """Loss, MAE and SRCC per family on the validation batches, in eval mode (the caller restores its own mode)."""
     model.eval()
     scores, targets, losses = [], [], []
     for patches, target in batches:
@@ -176,7 +251,6 @@ def validate(model: DegradationNet, batches: list, device: str, autocast) -> dic
         losses.append(loss_fn(logits, target.to(device)).item())
         scores.append(torch.sigmoid(logits).float().cpu().numpy())
         targets.append(target.numpy())
-    model.train()
     scores, targets = np.concatenate(scores), np.concatenate(targets)
     out = {"val_loss": float(np.mean(losses))}
     for i, family in enumerate(FAMILIES):
@@ -257,25 +331,37 @@ def main(argv: list[str] | None = None) -> int:
         model.load_state_dict(build_model(str(args.init)).state_dict())
         print(f"starting from {args.init}", flush=True)
     model = model.to(device).to(memory_format=torch.channels_last)
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    freeze(model, args.freeze_through)
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and p.requires_grad]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1 and p.requires_grad]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=args.lr, betas=(0.9, 0.99), fused=cuda,
     )
-    step, elapsed_before = 0, 0.0
+    # The weights validated and saved: an exponential moving average of the trained ones (--ema), or those.
+    ema = torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema), use_buffers=True) if args.ema else None
+    kept = ema.module if ema is not None else model
+    step, elapsed_before, cpu_before = 0, 0.0, 0.0
     if checkpoint:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        step, elapsed_before = checkpoint["step"], checkpoint["elapsed"]
+        if ema is not None:
+            ema.load_state_dict(checkpoint["ema"])
+        step, elapsed_before, cpu_before = checkpoint["step"], checkpoint["elapsed"], checkpoint.get("cpu_s", 0.0)
 
     t0 = time.perf_counter()
-    train_set = DegradedPictures(load_pictures(args.pool, "train"), args.seed, args.views, args.steps * args.batch, weights,
-                                 args.synthetic)
+    length = args.steps * args.batch
+    if args.bank:
+        train_set = BankPictures(args.bank, args.seed, args.views, length)
+        print(f"bank {args.bank}: {len(train_set.files)} degraded pictures", flush=True)
+    else:
+        train_set = DegradedPictures(load_pictures(args.pool, "train"), args.seed, args.views, length, weights,
+                                     args.synthetic, args.border)
     val_set = DegradedPictures(load_pictures(args.pool, "validation"), args.seed + 1, 1, args.validation_pictures)
     val_batches = list(loader(val_set, min(args.batch, 64), args.workers, drop_last=False))  # every picture, however few
-    print(f"{len(train_set.pictures)} train / {len(val_set.pictures)} validation pictures, "
-          f"validation set built in {time.perf_counter() - t0:.1f} s; device {device}", flush=True)
+    print(f"{len(val_set.pictures)} validation pictures, validation set built in {time.perf_counter() - t0:.1f} s; "
+          f"device {device}", flush=True)
 
     log = (run / "log.jsonl").open("a")
 
@@ -285,14 +371,21 @@ def main(argv: list[str] | None = None) -> int:
 
     def save_checkpoint() -> None:
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                 "elapsed": elapsed(), "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+                 "elapsed": elapsed(), "cpu_s": cpu_seconds(),
+                 "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+        if ema is not None:
+            state["ema"] = ema.state_dict()
         torch.save(state, checkpoint_path.with_suffix(".tmp"))
         checkpoint_path.with_suffix(".tmp").replace(checkpoint_path)
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
 
     def elapsed() -> float:
         return elapsed_before + time.perf_counter() - start
+
+    def cpu_seconds() -> float:
+        """CPU time of this process (the network's work; a bank's loader adds little), over the whole run."""
+        return cpu_before + time.process_time() - cpu_start
 
     def progress() -> float:
         by_time = elapsed() / (args.minutes * 60) if args.minutes else 0.0
@@ -302,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         warm = min(1.0, p / args.warmup) if args.warmup else 1.0
         return args.lr * warm * 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
 
-    model.train()
+    set_training_mode(model, args.bn, args.freeze_through)
     last_validation = last_checkpoint = last_print = time.perf_counter()
     window = {"loss": 0.0, "n": 0, "wait": 0.0, "pictures": 0, "t": time.perf_counter()}
     wait_start = time.perf_counter()
@@ -320,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if ema is not None:
+            ema.update_parameters(model)
         step += 1
         window["loss"] += loss.detach()
         window["n"] += 1
@@ -330,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
             if cuda:
                 torch.cuda.synchronize()
             span = time.perf_counter() - window["t"]
-            entry = {"step": step, "elapsed_s": round(elapsed(), 1), "progress": round(p, 4),
+            entry = {"step": step, "elapsed_s": round(elapsed(), 1), "cpu_s": round(cpu_seconds(), 1), "progress": round(p, 4),
                      "lr": learning_rate(p), "loss": float(window["loss"]) / window["n"],
                      "patch_sets_per_s": window["pictures"] / span, "data_wait_share": window["wait"] / span}
             record(entry)
@@ -339,22 +434,25 @@ def main(argv: list[str] | None = None) -> int:
             window = {"loss": 0.0, "n": 0, "wait": 0.0, "pictures": 0, "t": time.perf_counter()}
             last_print = now
         if now - last_validation >= args.validate_every:
-            entry = {"step": step, "elapsed_s": round(elapsed(), 1), **validate(model, val_batches, device, autocast)}
+            entry = {"step": step, "elapsed_s": round(elapsed(), 1), **validate(kept, val_batches, device, autocast)}
+            set_training_mode(model, args.bn, args.freeze_through)
             record(entry)
             print(f"\nvalidation {json.dumps(entry)}", flush=True)
             last_validation = time.perf_counter()
         if now - last_checkpoint >= args.checkpoint_every:
             save_checkpoint()
+            save_weights_fp16(kept, run / "weights.fp16.pt")  # a candidate for training.select at any time
             last_checkpoint = time.perf_counter()
         wait_start = time.perf_counter()
 
-    entry = {"step": step, "elapsed_s": round(elapsed(), 1), "final": True, **validate(model, val_batches, device, autocast)}
+    entry = {"step": step, "elapsed_s": round(elapsed(), 1), "cpu_s": round(cpu_seconds(), 1), "final": True,
+             **validate(kept, val_batches, device, autocast)}
     record(entry)
     print(f"\nfinal {json.dumps(entry)}", flush=True)
     save_checkpoint()
-    save_weights_fp16(model, run / "weights.fp16.pt")
+    save_weights_fp16(kept, run / "weights.fp16.pt")
     if args.weights_out:
-        save_weights_fp16(model, args.weights_out)
+        save_weights_fp16(kept, args.weights_out)
     print(f"weights: {run / 'weights.fp16.pt'}" + (f" and {args.weights_out}" if args.weights_out else ""))
     return 0
 
