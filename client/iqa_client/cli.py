@@ -68,7 +68,17 @@ EXIT_PIPE_CLOSED = 141  # 128 + SIGPIPE: what `yes | head -n 1` leaves `yes` wit
 # Raised while the server cannot be used at all (connect, health): exit 3.
 SERVER_ERRORS = (ServerUnreachableError, ModelError, ServerBusyError, IQATimeoutError, ServerError)
 DEFAULT_TIMEOUT_S = 30.0
-PROGRESS_INTERVAL_S = 10.0  # --progress lines: one line this often
+
+
+def _seconds(text: str | None, default: float) -> float:
+    try:
+        return float(text) if text and float(text) > 0 else default
+    except ValueError:
+        return default
+
+
+# --progress lines: one line this often ($IQA_PROGRESS_INTERVAL_S: a CI log may want fewer, a test more)
+PROGRESS_INTERVAL_S = _seconds(os.environ.get("IQA_PROGRESS_INTERVAL_S"), 10.0)
 SERVER_CHECK_TIMEOUT_S = 5.0  # after an item failed for no reason of its own: does the server still answer?
 
 
