@@ -360,12 +360,21 @@ class Progress:
             self.stream.flush()
 
     def close(self) -> None:
+        """Stop the lines, end the bar's line; once (a message that follows starts on a line of its own)."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
         if self._ticker:
-            self._stop.set()
             self._ticker.join()
         if self.mode == "bar":
             self.stream.write("\n")
             self.stream.flush()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def reason(error: IQAError) -> str:
@@ -517,23 +526,23 @@ def cmd_score(client, args) -> int:
         if kept:
             print(f"iqa: resuming: {len(found.items) - len(todo)} of {len(found.items)} files already scored in "
                   f"{args.output}", file=sys.stderr)
-        progress = Progress("scoring", "files", args.progress)
         failed = done = 0
-        try:
-            with contextlib.closing(client.iter_score_many([source for _, source in todo], concurrency=args.concurrency,
-                                                           progress=progress)) as outcomes:
-                for (name, _), outcome in zip(todo, outcomes):
-                    gone = server_gone(client, outcome)
-                    if gone:
-                        progress.close()
-                        return stopped(gone, done, len(todo), "files", rows, where)
-                    rows.write(score_record(name, outcome))
-                    done += 1
-                    failed += not isinstance(outcome, Scores)
-        except KeyboardInterrupt:
-            progress.close()
-            return interrupted(done, len(todo), "files", rows, where, args)
-        progress.close()
+        with Progress("scoring", "files", args.progress) as progress:
+            try:
+                with contextlib.closing(client.iter_score_many([source for _, source in todo],
+                                                               concurrency=args.concurrency,
+                                                               progress=progress)) as outcomes:
+                    for (name, _), outcome in zip(todo, outcomes):
+                        gone = server_gone(client, outcome)
+                        if gone:
+                            progress.close()
+                            return stopped(gone, done, len(todo), "files", rows, where)
+                        rows.write(score_record(name, outcome))
+                        done += 1
+                        failed += not isinstance(outcome, Scores)
+            except KeyboardInterrupt:
+                progress.close()
+                return interrupted(done, len(todo), "files", rows, where, args)
     if failed:
         print(f"iqa: {failed} of {len(todo)} failed (each named in the output)", file=sys.stderr)
     return EXIT_FAILED_ITEMS if failed else EXIT_OK
@@ -567,27 +576,26 @@ def cmd_video(client, args) -> int:
         todo = ((time_s, frame) for time_s, frame in sampler if round(time_s, 3) not in done_before)
         if kept:
             print(f"iqa: resuming: {len(kept)} frames already scored in {args.output}", file=sys.stderr)
-        progress = Progress("frames", "frames", args.progress)
         total = sampler.count
         done = 0
-        try:
-            with contextlib.closing(client.iter_score_frames(
-                    todo, concurrency=args.concurrency,
-                    progress=lambda n, _total: progress(n + len(kept), total))) as scored:
-                for time_s, outcome in scored:
-                    gone = server_gone(client, outcome)
-                    if gone:
-                        progress.close()
-                        return stopped(gone, done + len(kept), total, "frames", rows, where)
-                    if rows:
-                        rows.write(frame_record(time_s, outcome))
-                    times.append(time_s)
-                    outcomes.append(outcome)
-                    done += 1
-        except KeyboardInterrupt:
-            progress.close()
-            return interrupted(done + len(kept), total, "frames", rows, where, args)
-        progress.close()
+        with Progress("frames", "frames", args.progress) as progress:
+            try:
+                with contextlib.closing(client.iter_score_frames(
+                        todo, concurrency=args.concurrency,
+                        progress=lambda n, _total: progress(n + len(kept), total))) as scored:
+                    for time_s, outcome in scored:
+                        gone = server_gone(client, outcome)
+                        if gone:
+                            progress.close()
+                            return stopped(gone, done + len(kept), total, "frames", rows, where)
+                        if rows:
+                            rows.write(frame_record(time_s, outcome))
+                        times.append(time_s)
+                        outcomes.append(outcome)
+                        done += 1
+            except KeyboardInterrupt:
+                progress.close()
+                return interrupted(done + len(kept), total, "frames", rows, where, args)
         order = sorted(range(len(times)), key=times.__getitem__)
         report = video.report(args.file, sampler.duration_s, [times[i] for i in order], [outcomes[i] for i in order],
                               args.percentile)
