@@ -163,7 +163,7 @@ def test_resume_keeps_scored_rows_and_tries_failed_and_cut_rows_again(triton, cl
     # one failed, and a last row cut short by a kill.
     out.write_text("path,noise,blur,compression,error\n"
                    f"{files[0]},0.5,0.5,0.5,\n{files[1]},,,,bad image: it was broken then\n{files[2]},0.1,0.2")
-    assert cli.main(["score", str(tmp_path / "photos"), "--csv", "-o", str(out), "--resume",
+    assert cli.main(["score", str(tmp_path / "photos"), "-o", str(out), "--resume",  # .csv: CSV
                      "--url", triton.grpc_url]) == 0
     assert "resuming: 1 of 3 files already scored" in capsys.readouterr().err
     rows = {row["path"]: row for row in csv.DictReader(io.StringIO(out.read_text()))}
@@ -215,6 +215,15 @@ def test_rows_are_written_as_they_are_scored_and_progress_lines_go_to_a_redirect
     lines = log.read_text().splitlines()
     assert any(line.startswith("iqa: scoring: ") and "/18 files in" in line for line in lines), lines
     assert "\r" not in log.read_text()  # no bar redrawn into a file
+
+
+def test_progress_has_counted_every_item_when_the_last_one_arrives(client, photos):
+    seen = []
+    for outcome in client.iter_score_many(list(photos.values()), concurrency=2,
+                                          progress=lambda done, total: seen.append((done, total))):
+        assert isinstance(outcome, Scores)
+        last = seen[-1]
+    assert last == (len(photos), len(photos)) and seen == [(n, len(photos)) for n in range(1, len(photos) + 1)]
 
 
 # --- inputs: URLs on the loopback, standard input, missing and hidden files ------------------------------------

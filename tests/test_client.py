@@ -247,7 +247,7 @@ USAGE_ERRORS = {  # arguments -> what the message must name
                               "argument --plot: name a plot format by its suffix"),
     "unknown option": (["score", str(DATA), "--colour"], "unrecognized arguments: --colour"),
     "resume without an output file": (["score", str(DATA), "--csv", "--resume"], "argument --resume: needs --output"),
-    "video rows to a file without a format": (["video", str(DATA / "sheep.jpg"), "-o", "f.csv"],
+    "video rows to a file without a format": (["video", str(DATA / "sheep.jpg"), "-o", "frames.txt"],
                                               "argument --output: iqa video writes a row per frame with --csv"),
     "map with --model": (["map", str(DATA / "sheep.jpg"), "--model", "x"], "unrecognized arguments: --model"),
     "--model before map": (["--model", "x", "map", str(DATA / "sheep.jpg")],

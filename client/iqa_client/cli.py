@@ -79,7 +79,9 @@ def _seconds(text: str | None, default: float) -> float:
 
 # --progress lines: one line this often ($IQA_PROGRESS_INTERVAL_S: a CI log may want fewer, a test more)
 PROGRESS_INTERVAL_S = _seconds(os.environ.get("IQA_PROGRESS_INTERVAL_S"), 10.0)
-SERVER_CHECK_TIMEOUT_S = 5.0  # after an item failed for no reason of its own: does the server still answer?
+SERVER_CHECK_TIMEOUT_S = 5.0
+# --output's name gives the format when --csv / --json do not
+OUTPUT_SUFFIXES = {".csv": "csv", ".jsonl": "json", ".ndjson": "json", ".json": "json"}  # after an item failed for no reason of its own: does the server still answer?
 
 
 # --- argument types: a bad value is a usage error naming the argument ------------------------------
@@ -221,7 +223,8 @@ def add_output_options(sub: argparse.ArgumentParser, rows: str) -> None:
     formats.add_argument("--csv", dest="format", action="store_const", const="csv",
                          help=f"CSV: a header, then one row per {rows}, written as each is scored")
     sub.add_argument("--output", "-o", type=writable_file, metavar="FILE",
-                     help="write the rows to FILE instead of stdout (needed by --resume)")
+                     help="write the rows to FILE instead of stdout (needed by --resume); a name ending in .csv or "
+                          ".jsonl means --csv or --json")
     sub.add_argument("--resume", action="store_true",
                      help=f"go on from an interrupted run: keep the scored rows already in --output, score only "
                           f"the other {rows}s (failed ones again), append their rows")
@@ -463,16 +466,20 @@ def output(args, key: str, width: int = 0):
         yield rows, []
         return
     kept = previous_rows(args.output, args.format, key) if args.resume else []
-    partial = args.output.with_name(args.output.name + ".partial")
-    with open(partial, "w", encoding="utf-8", newline="") as handle:  # the old file stays whole until replaced
+    if kept:
+        partial = args.output.with_name(args.output.name + ".partial")
+        with open(partial, "w", encoding="utf-8", newline="") as handle:  # the old file stays whole until replaced
+            rows = Rows(handle, args.format, key, width)
+            rows.header()
+            for record in kept:
+                rows.write(record)
+        os.replace(partial, args.output)
+    with open(args.output, "a" if kept else "w", encoding="utf-8", newline="") as handle:
         rows = Rows(handle, args.format, key, width)
-        rows.header()
-        for record in kept:
-            rows.write(record)
-    os.replace(partial, args.output)
-    with open(args.output, "a", encoding="utf-8", newline="") as handle:
-        rows = Rows(handle, args.format, key, width)
-        rows.written = len(kept)
+        if kept:
+            rows.written = len(kept)
+        else:
+            rows.header()
         yield rows, kept
 
 
@@ -521,7 +528,7 @@ def cmd_score(client, args) -> int:
     with output(args, "path", max(len(name) for name, _ in found.items)) as (rows, kept):
         for path, why in found.skipped if args.format == "json" else ():  # --resume drops the old ones
             rows.write({"path": str(path), "skipped": why})
-        done_before = {record["path"] for record in kept}
+        done_before = {record["path"] for record in kept} - {"-"}  # standard input may hold another image now
         todo = [(name, source) for name, source in found.items if name not in done_before]
         if kept:
             print(f"iqa: resuming: {len(found.items) - len(todo)} of {len(found.items)} files already scored in "
@@ -550,7 +557,10 @@ def cmd_score(client, args) -> int:
 
 def interrupted(done: int, total: int | None, unit: str, rows: Rows | None, where: str, args) -> int:
     kept = f": the {rows.written} rows written{where} are kept" if rows else ""
-    resume = " (the same command with --resume goes on from them)" if rows and args.output and args.format else ""
+    resume = ""
+    if rows and args.format:  # rows redirected to a file (`> scores.csv`) can be gone on from just the same
+        resume = (" (the same command with --resume goes on from them)" if args.output else
+                  " (the same command with -o <that file> --resume goes on from them)")
     print(f"iqa: interrupted after {done}{f' of {total}' if total else ''} {unit}{kept}{resume}", file=sys.stderr)
     return EXIT_INTERRUPTED
 
@@ -676,7 +686,7 @@ def quiet_stdout() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        status = run(argv)
+        status = dispatch(argv)
         sys.stdout.flush()  # here, not at exit, so a closed pipe is caught below
         return status
     except KeyboardInterrupt:  # Ctrl-C outside a run's loop (connecting, reading a video's header)
@@ -687,12 +697,15 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_PIPE_CLOSED
 
 
-def run(argv: list[str] | None) -> int:
+def dispatch(argv: list[str] | None) -> int:
+    """Parse, check, connect, run the command: its exit status."""
     top = parser()
     try:
         args = top.parse_args(argv)
         if args.command == "map" and args.model != ENSEMBLE_MODEL:
             top.error(f"argument --model: iqa map calls --map-model (default {MAP_MODEL}), not --model")
+        if getattr(args, "output", None) and not args.format:  # -o scores.csv: the name says the format
+            args.format = OUTPUT_SUFFIXES.get(args.output.suffix.lower())
         if getattr(args, "resume", False) and not (args.output and args.format):
             top.error("argument --resume: needs --output FILE and --csv or --json (the rows it goes on from)")
         if args.command == "video" and args.output and not args.format:

@@ -6,6 +6,8 @@
         client.score_many(paths, concurrency=8)        # [Scores | IQAError, …] in input order
         client.score_video("clip.mp4", frames=32)      # VideoReport
         client.score_map("photo.jpg")                  # DegradationMap: per-cell and pooled scores
+        for time_s, outcome in client.iter_score_frames(video.sample_frames("clip.mp4", fps=2)):
+            ...                                        # each frame as it is scored (rows written as they come)
 
 Every call has a timeout (the client's default or the call's own). Transient statuses
 (UNAVAILABLE, RESOURCE_EXHAUSTED, and CANCELLED by a server shutting down) are retried with jittered exponential backoff inside that
@@ -303,14 +305,16 @@ class IQAClient:
                 window.append(pool.submit(self._item, score, index, image, timeout))
                 while len(window) >= 2 * concurrency or (window and window[0].done()):
                     done += 1
-                    yield window.popleft().result()
-                    if progress:
+                    outcome = window.popleft().result()
+                    if progress:  # before the yield: a caller that stops after the last item has seen it counted
                         progress(done, total)
+                    yield outcome
             while window:
                 done += 1
-                yield window.popleft().result()
+                outcome = window.popleft().result()
                 if progress:
                     progress(done, total)
+                yield outcome
         finally:
             # Closed early (the caller stopped, Ctrl-C, the server went away): what has not started never
             # will, and the caller does not wait for the requests in flight (they end within their timeout,
@@ -508,14 +512,16 @@ class AsyncIQAClient:
                 window.append(asyncio.ensure_future(self._item(score, index, image, timeout)))
                 if len(window) >= concurrency:
                     done += 1
-                    yield await window.popleft()
-                    if progress:
+                    outcome = await window.popleft()
+                    if progress:  # before the yield: a caller that stops after the last item has seen it counted
                         progress(done, total)
+                    yield outcome
             while window:
                 done += 1
-                yield await window.popleft()
+                outcome = await window.popleft()
                 if progress:
                     progress(done, total)
+                yield outcome
         finally:
             for task in window:
                 task.cancel()
