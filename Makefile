@@ -13,7 +13,7 @@ CELLS_MODEL := model_repository/iqa_resnet50_cells/1/model.pt
 WEIGHTS := $(wildcard training/weights/*.pt)
 SAMPLE ?= tests/data/sheep.jpg
 
-.PHONY: venv export serve test bench loadtest photos train evaluate clean
+.PHONY: venv export serve test deploy-check bench loadtest photos train evaluate clean
 
 venv: $(STAMP) $(DEPLOY_STAMP)
 
@@ -44,6 +44,11 @@ serve: $(MODEL) $(CELLS_MODEL)
 
 test: $(MODEL) $(CELLS_MODEL) $(DEPLOY_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The deployment files' offline checks alone (docker/README.md): hadolint, kubernetes-validate, checkov,
+# shellcheck and the agreements between Dockerfile, compose and manifests; no Docker, cluster or server.
+deploy-check: $(STAMP) $(DEPLOY_STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_deploy.py -k "not prove_client"
 
 # Benchmarks print numbers (BENCHMARKS.md); they are not tests.
 bench: $(MODEL) $(CELLS_MODEL)

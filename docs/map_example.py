@@ -1,10 +1,11 @@
 """The README's degradation-map example: a photo with its left half blurred, mapped by the server.
 
-    python -m docs.map_example [--url host:8001] [--output docs/map_example.jpg]
+    .venv/bin/python -m docs.map_example [--url host:8001] [--output FILE]
 
 Takes tests/data/rocks.jpg (576 x 384, texture in every cell), blurs its left half (Gaussian,
 sigma 3 px), sends it as PNG to `iqa_degradation_map` (a server at --url, else one started here on
-free ports) and to `iqa_degradation`, prints both, and writes the map's plot.
+free ports) and to `iqa_degradation`, prints both, and writes the map's plot to .run/map-example/
+(git-ignored); `--output docs/map_example.jpg` replaces the README's committed picture.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def blurred_left_half(path: Path = PHOTO, sigma: float = BLUR_SIGMA) -> np.ndarr
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", help="a running server's gRPC host:port (default: start one)")
-    parser.add_argument("--output", type=Path, default=REPO / "docs" / "map_example.jpg")
+    parser.add_argument("--output", type=Path, default=REPO / ".run" / "map-example" / "map_example.jpg",
+                        help="where the plot goes (default: %(default)s; docs/map_example.jpg is the README's)")
     args = parser.parse_args(argv)
     from iqa_client import IQAClient
 

@@ -21,6 +21,7 @@ from iqa_client.contract import (  # noqa: F401  (re-exported)
     MAP_MODEL,
     MAP_OUTPUTS,
     MAX_CELLS,
+    MAX_IMAGE_BYTES,
     MODELSCOPE_LABELS,
     OVERLOAD_MESSAGES,
     SCORE_NAMES,
@@ -49,7 +50,7 @@ PATCH_SHAPE = (PATCHES_PER_IMAGE, CHANNELS, PATCH_SIZE, PATCH_SIZE)
 PATCH_DTYPE = "uint8"  # values 0..255; the network scales them to [0, 1] itself
 
 # --- input guards ---------------------------------------------------------------
-MAX_IMAGE_BYTES = 32 * 1024 * 1024  # encoded size
+# MAX_IMAGE_BYTES (encoded size) is part of the wire contract, above.
 MAX_IMAGE_PIXELS = 64_000_000  # decoded width * height (decompression bombs)
 MIN_IMAGE_SIDE = 32  # below this there is no texture to judge
 

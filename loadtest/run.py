@@ -5,8 +5,9 @@
 Uses the server at --url, else one already answering on 127.0.0.1:8001 (`make serve`), else
 starts the local server on free ports for the run; the output names the server it measured, and
 a server that does not answer ends the run at once (exit status 3) with no figures. Loopback only.
-Writes Locust's CSV files and HTML report to --out and prints requests, throughput, p50/p95/p99 and
-the failures with their reasons; exits 1 when any request failed or none was made.
+Writes Locust's CSV files and HTML report to --out (default loadtest/reports/, which git ignores) and
+prints requests, throughput, p50/p95/p99 and the failures with their reasons; exits 1 when any request
+failed or none was made. While Locust runs, a progress line goes to stderr every 10 s.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ import csv
 import os
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from iqa.contract import ENSEMBLE_MODEL
-from iqa_client.cli import HelpFormatter
+from iqa_client.cli import PROGRESS_INTERVAL_S, HelpFormatter
 from iqa.serving.launcher import REPO, Ports, TritonServer, free_ports
 from loadtest.preflight import server_problem
 from loadtest.prepare_corpus import DEFAULT_OUT as DEFAULT_CORPUS
@@ -76,8 +79,15 @@ def run_locust(grpc_url: str, *, users: int, run_time_s: float, out: Path, corpu
     if not find_knee:
         command += ["-u", str(users), "-r", str(users), "-t", f"{max(1, round(run_time_s))}s"]
     settings = {**os.environ, **(env or {})}
-    budget = (knee_settings(settings).length_s if find_knee else run_time_s) + 60
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=budget, cwd=REPO, env=settings)
+    planned_s = knee_settings(settings).length_s if find_knee else run_time_s
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                          env=settings) as process, progress_lines(f"loadtest: {grpc_url}", planned_s):
+        try:
+            stdout, stderr = process.communicate(timeout=planned_s + 60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    completed = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
     output = completed.stdout + completed.stderr
     total = _rows(out / "locust_stats.csv")
     aggregated = next((row for row in total if row["Name"] == "Aggregated"), None)
@@ -91,6 +101,25 @@ def run_locust(grpc_url: str, *, users: int, run_time_s: float, out: Path, corpu
                    p95_ms=float(aggregated["95%"]), p99_ms=float(aggregated["99%"]), returncode=completed.returncode,
                    output=output, knee_table=completed.stdout.strip(),
                    failure_reasons=tuple(sorted(((n, r) for r, n in reasons.items()), reverse=True)))
+
+
+@contextlib.contextmanager
+def progress_lines(label: str, planned_s: float, interval_s: float = PROGRESS_INTERVAL_S):
+    """A line on stderr every interval_s while a long run goes on (Locust prints nothing until its summary), as
+    `iqa` does when stderr is no terminal."""
+    stop, started = threading.Event(), time.monotonic()
+
+    def tick():
+        while not stop.wait(interval_s):
+            print(f"{label}: {time.monotonic() - started:.0f} s of about {planned_s:.0f} s", file=sys.stderr, flush=True)
+
+    ticker = threading.Thread(target=tick, daemon=True, name="loadtest-progress")
+    ticker.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        ticker.join()
 
 
 def _rows(path: Path) -> list[dict]:
@@ -125,7 +154,8 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default=ENSEMBLE_MODEL, help="model to call")
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="folder of images to send")
     parser.add_argument("--debian", action="store_true", help="prepare the corpus with the Debian photos too")
-    parser.add_argument("--out", type=Path, default=REPO / "loadtest" / "reports", help="where the reports go")
+    parser.add_argument("--out", type=Path, default=REPO / "loadtest" / "reports",
+                        help="where Locust's CSV files and HTML report go (loadtest/reports/ is git-ignored)")
     return parser
 
 

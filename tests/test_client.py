@@ -195,7 +195,7 @@ def test_the_cli_json_and_csv_match_the_library(client, triton, tmp_path, capsys
     expected = {str(p): client.score(p) for p in sorted(tmp_path.rglob("*.jpg"))}
 
     assert cli.main(["score", str(tmp_path), "--recursive", "--json", "--url", triton.grpc_url]) == 0
-    rows = json.loads(capsys.readouterr().out)
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]  # JSON Lines
     assert {r["path"] for r in rows} == set(expected)
     for row in rows:
         assert close(Scores(row["noise"], row["blur"], row["compression"]), expected[row["path"]])
@@ -230,8 +230,6 @@ def a_video(tmp_path_factory):
 
 
 USAGE_ERRORS = {  # arguments -> what the message must name
-    "missing image": (["score", "no/such/photo.jpg"], "argument PATH: no such file or folder: no/such/photo.jpg"),
-    "missing video": (["video", "no/such/clip.mp4"], "argument file: no such file or folder"),
     "timeout 0": (["score", str(DATA), "--timeout", "0"], "argument --timeout: must be > 0, got '0'"),
     "timeout -1 before the command": (["--timeout", "-1", "health"], "argument --timeout: must be > 0, got '-1'"),
     "fps 0": (["video", str(DATA / "sheep.jpg"), "--fps", "0"], "argument --fps: must be > 0"),
@@ -248,6 +246,12 @@ USAGE_ERRORS = {  # arguments -> what the message must name
     "plot without a suffix": (["video", str(DATA / "sheep.jpg"), "--plot", "timeline"],
                               "argument --plot: name a plot format by its suffix"),
     "unknown option": (["score", str(DATA), "--colour"], "unrecognized arguments: --colour"),
+    "resume without an output file": (["score", str(DATA), "--csv", "--resume"], "argument --resume: needs --output"),
+    "video rows to a file without a format": (["video", str(DATA / "sheep.jpg"), "-o", "frames.txt"],
+                                              "argument --output: iqa video writes a row per frame with --csv"),
+    "map with --model": (["map", str(DATA / "sheep.jpg"), "--model", "x"], "unrecognized arguments: --model"),
+    "--model before map": (["--model", "x", "map", str(DATA / "sheep.jpg")],
+                           "argument --model: iqa map calls --map-model"),
     "no command": ([], "the following arguments are required: COMMAND"),
 }
 
@@ -283,11 +287,44 @@ def test_exit_status_0_and_1_and_each_failure_named_once(triton, tmp_path, capsy
     not_a_video.write_bytes(b"not a video")
     assert cli.main(["video", str(not_a_video), "--url", triton.grpc_url]) == 1
     assert "cannot read a video stream" in capsys.readouterr().err
+    assert cli.main(["video", str(tmp_path / "missing.mp4"), "--url", triton.grpc_url]) == 1  # input, not usage
+    assert "cannot read a video stream" in capsys.readouterr().err
     # FFmpeg would read a still picture as a one-frame video: refused as no video, not scored as one
     assert cli.main(["video", str(good), "--url", triton.grpc_url]) == 1
     assert "is a still image (image2), not a video" in capsys.readouterr().err
     assert cli.main(["health", "--url", triton.grpc_url]) == 0
     assert json.loads(capsys.readouterr().out)["model_ready"] is True
+    url = unreachable()  # the report comes first, as the docs say, then the one-line error
+    assert cli.main(["health", "--url", url, "--timeout", "2"]) == 3
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report["live"] is False and report["model_ready"] is False and url in report["error"]
+    assert captured.err.startswith(f"iqa: no Triton server answers at {url}") and captured.err.count("\n") == 1
+    assert cli.main(["map", str(good), "--json", "--url", url, "--timeout", "2"]) == 3  # JSON for a JSON reader
+    assert url in json.loads(capsys.readouterr().out)["error"]
+
+
+def test_the_table_puts_a_failure_in_its_error_column(triton, tmp_path, capsys):
+    broken = tmp_path / "b.jpg"
+    broken.write_bytes(b"\xff\xd8 not really")
+    assert cli.main(["score", str(DATA / "sheep.jpg"), str(broken), "--url", triton.grpc_url]) == 1
+    head, good, bad = capsys.readouterr().out.splitlines()
+    assert head.split() == ["path", "noise", "blur", "compression", "error"]
+    assert good.split()[0] == str(DATA / "sheep.jpg") and len(good.split()) == 4
+    assert bad.split()[:4] == [str(broken), "-", "-", "-"]
+    assert bad.index("bad image:") == head.index("error")  # in the error column, not under noise
+
+
+def test_version_and_help_say_what_the_commands_take(capsys):
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("iqa 0.1.0 (iqa-client")
+    top = cli.parser()
+    commands = subcommands(top)
+    assert "--model" not in commands["map"].format_help() and "--map-model" in commands["map"].format_help()
+    assert "--model" in commands["score"].format_help()
+    for name in ("score", "video"):
+        text = " ".join(commands[name].format_help().split())
+        assert "JSON Lines" in text and "--resume" in text and "(default: auto)" in text
 
 
 def test_common_options_go_before_or_after_the_command(triton, capsys):
@@ -364,7 +401,7 @@ def test_heic_and_avif_folders_score_through_the_cli_and_skipped_files_are_named
     (tmp_path / "notes.txt").write_text("not an image")
     assert cli.main(["score", str(tmp_path), "--json", "--url", triton.grpc_url]) == 0
     captured = capsys.readouterr()
-    rows = {Path(r["path"]).name: r for r in json.loads(captured.out)}
+    rows = {Path(r["path"]).name: r for r in map(json.loads, captured.out.splitlines())}
     assert set(rows) == {"IMG_0001.HEIC", "web.avif", "IMG_0001.png", "IMG_0001.AAE", "notes.txt"}
     assert "not named like an accepted image (.txt)" in rows["notes.txt"]["skipped"]
     assert "skipped" in rows["IMG_0001.AAE"] and "noise" not in rows["IMG_0001.AAE"]
@@ -414,8 +451,8 @@ def test_tls_endpoints_are_reached_with_tls_and_refuse_plaintext(tls_triton, cli
     url = f"localhost:{server.ports.grpc}"
     with IQAClient(url, ssl=True, root_certificates=str(cert), timeout=60) as secure:
         assert close(secure.score(DATA / "sheep.jpg"), client.score(DATA / "sheep.jpg"))
-    with pytest.raises(ServerUnreachableError):
-        IQAClient(url, timeout=3)  # plaintext to a TLS port
+    with pytest.raises(ServerUnreachableError, match=f"{url} speaks TLS: connect with TLS"):
+        IQAClient(url, timeout=3)  # plaintext to a TLS port: the fix is named
 
 
 def test_score_many_reads_its_input_lazily_so_memory_stays_bounded(client, photos):

@@ -66,6 +66,13 @@ HEALTH_PORT = 8003  # the watchdog's /ready and /live: probes only, no Service p
 GRPC_APP_PROTOCOL = "kubernetes.io/h2c"
 EXIT_TIMEOUT_S = 30
 DNS_PORT = 53
+# The tools' command lines, as docker/README.md gives them (relative to the checkout; checked below): the
+# tests add only an output format they can read (-f json, -o json).
+HADOLINT = ["hadolint", "--config", "docker/hadolint.yaml"]
+KUBERNETES_VALIDATE = ["kubernetes-validate", "--strict", *(arg for v in K8S_VERSIONS for arg in ("-k", v))]
+CHECKOV = ["checkov", "-d", "docker", "--framework", "dockerfile", "kubernetes", "--skip-download", "--compact"]
+CHECKOV_ENV = {"BC_SKIP_MAPPING": "TRUE"}  # no call to the vendor's API for its check mapping
+SHELLCHECK = ["shellcheck", "--severity=style"]
 
 
 def tool(name: str) -> Path:
@@ -74,6 +81,11 @@ def tool(name: str) -> Path:
         pytest.fail(f"{path.relative_to(REPO)} is missing: run `make` (or `make test`), which creates .venv-deploy "
                     f"from deploy-requirements.txt", pytrace=False)
     return path
+
+
+def command(line: list[str], *args) -> list:
+    """One of the command lines above, its tool taken from .venv-deploy, with more arguments."""
+    return [tool(line[0]), *line[1:], *args]
 
 
 def run(args: list, **kwargs) -> subprocess.CompletedProcess:
@@ -196,7 +208,7 @@ def seconds(duration: str) -> float:
 
 
 def test_hadolint_passes_every_rule_on_both_dockerfiles():
-    result = run([tool("hadolint"), "--config", DOCKER / "hadolint.yaml", "-f", "json", DOCKERFILE, LOCUST_DOCKERFILE])
+    result = run(command(HADOLINT, "-f", "json", DOCKERFILE, LOCUST_DOCKERFILE))
     assert result.returncode == 0 and json.loads(result.stdout) == [], result.stdout + result.stderr
 
 
@@ -213,15 +225,14 @@ def test_hadolint_ignores_are_justified_and_the_linter_really_lints(tmp_path):
     # A linter that says nothing about anything proves nothing: it must flag a bad Dockerfile.
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM quay.io/some/image\nRUN pip install requests\n")
-    result = run([tool("hadolint"), "--config", DOCKER / "hadolint.yaml", "-f", "json", bad])
+    result = run(command(HADOLINT, "-f", "json", bad))
     assert result.returncode != 0
     assert {"DL3006", "DL3013", "DL3026", "DL3042"} <= {r["code"] for r in json.loads(result.stdout)}
 
 
 def test_built_in_manifests_validate_against_the_kubernetes_schemas(kustomization, manifests):
     files = [K8S / name for name in kustomization["resources"]]
-    versions = [arg for v in K8S_VERSIONS for arg in ("-k", v)]
-    result = run([tool("kubernetes-validate"), "--strict", *versions, *files])
+    result = run(command(KUBERNETES_VALIDATE, *files))
     assert result.returncode == 0, result.stdout + result.stderr
     built_in = {(kind, name) for (kind, name), doc in manifests.items()
                 if (doc["apiVersion"], kind) not in HAND_CHECKED_KINDS}
@@ -280,8 +291,7 @@ def test_service_monitor_structure(manifests):
 
 def test_checkov_finds_no_unjustified_failure():
     # --skip-download: no call to the vendor's API; the checks are the ones in the pinned wheel.
-    result = run([tool("checkov"), "-d", DOCKER, "--framework", "dockerfile", "kubernetes", "--skip-download",
-                  "--compact", "-o", "json"], env={**os.environ, "BC_SKIP_MAPPING": "TRUE"})
+    result = run(command(CHECKOV, "-o", "json"), env={**os.environ, **CHECKOV_ENV})
     reports = json.loads(result.stdout)
     reports = reports if isinstance(reports, list) else [reports]
     by_type = {r["check_type"]: r for r in reports}
@@ -301,15 +311,31 @@ def test_checkov_finds_no_unjustified_failure():
 
 
 def test_prove_script_passes_shellcheck():
-    result = run([tool("shellcheck"), "--severity=style", DOCKER / "prove.sh"])
+    result = run(command(SHELLCHECK, DOCKER / "prove.sh"))
     assert result.returncode == 0, result.stdout
     assert os.access(DOCKER / "prove.sh", os.X_OK)
 
 
 def test_the_gpu_training_script_passes_shellcheck():
     """training/gpu_run.sh runs where a mistake costs scarce GPU time (tests/test_training.py runs it on the CPU)."""
-    result = run([tool("shellcheck"), "--severity=style", REPO / "training" / "gpu_run.sh"])
+    result = run(command(SHELLCHECK, REPO / "training" / "gpu_run.sh"))
     assert result.returncode == 0, result.stdout
+
+
+def test_docker_readme_gives_the_offline_checks_as_these_tests_run_them(kustomization):
+    """docker/README.md names each command with the flags used here, and `make deploy-check`, which runs this file."""
+    text = " ".join((DOCKER / "README.md").read_text().replace("\\\n", " ").split())  # shell line continuations
+    env = " ".join(f"{k}={v}" for k, v in CHECKOV_ENV.items())
+    expected = [f"{' '.join(['.venv-deploy/bin/' + HADOLINT[0], *HADOLINT[1:]])} docker/Dockerfile docker/Dockerfile.locust",
+                " ".join(['.venv-deploy/bin/' + KUBERNETES_VALIDATE[0], *KUBERNETES_VALIDATE[1:],
+                          *(f"docker/k8s/{name}" for name in kustomization["resources"])]),
+                f"{env} {' '.join(['.venv-deploy/bin/' + CHECKOV[0], *CHECKOV[1:]])}",
+                f"{' '.join(['.venv-deploy/bin/' + SHELLCHECK[0], *SHELLCHECK[1:]])} docker/prove.sh training/gpu_run.sh",
+                "make deploy-check"]
+    for line in expected:
+        assert line in text, f"docker/README.md does not give: {line}"
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"^deploy-check:.*\n\t\$\(PY\) -m pytest .*tests/test_deploy\.py", makefile, re.M)
 
 
 # --- the image serves the repository --------------------------------------------------------------------

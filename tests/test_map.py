@@ -329,6 +329,39 @@ def test_the_plot_draws_the_picture_under_a_heat_map_per_score(client, tmp_path)
     assert redness[:, 30:150].mean() > redness[:, 250:350].mean() + 20
 
 
+def test_a_phone_photos_spread_cells_are_drawn_as_tiles_a_person_can_see(tmp_path):
+    """4000 x 3000 gets 7 x 9 cells of 128 px with gaps between them (cell_grid): each is drawn over the part
+    of the picture nearest to it, so one degraded cell shows as a ninth of the width, not as a speck."""
+    from iqa_client.degradation_map import _drawn_regions
+
+    height, width = 3000, 4000
+    rows, columns = cell_grid(height, width)
+    assert (rows, columns) == (7, 9)
+    tops, lefts = (np.rint(np.linspace(0, side - 128, n)).astype(int) for side, n in ((height, rows), (width, columns)))
+    boxes = [(left, top, left + 128, top + 128) for top in tops for left in lefts]
+    degraded = 3 * columns + 4  # the centre cell
+    cells = tuple(MapCell(i // columns, i % columns, tuple(int(v) for v in box),
+                          Scores(0.0, 1.0 if i == degraded else 0.0, 0.0)) for i, box in enumerate(boxes))
+    grey = io.BytesIO()
+    Image.new("RGB", (width, height), (128, 128, 128)).save(grey, "JPEG")
+    scored = DegradationMap("phone.jpg", width, height, rows, columns, cells, Scores(0.0, 0.1, 0.0), grey.getvalue())
+
+    tiles = _drawn_regions(scored)
+    assert sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in tiles) == pytest.approx(width * height)  # no gap, no overlap
+    for (x0, y0, x1, y1), cell in zip(tiles, cells):
+        assert x0 <= cell.box[0] and y0 <= cell.box[1] and cell.box[2] <= x1 and cell.box[3] <= y1
+
+    scored.plot(tmp_path / "map.png")
+    drawn = np.asarray(Image.open(tmp_path / "map.png").convert("RGB")).astype(np.int64)
+    red = (drawn[..., 0] - drawn[..., 2]) > 30  # the degraded tile over grey; clean tiles are see-through
+    panel_width = drawn.shape[1] // 3
+    picture = slice(0, int(panel_width * 0.8))  # each panel's picture, left of its colour bar
+    blur, noise = red[:, panel_width:][:, picture].sum(), red[:, picture].sum()
+    picture_pixels = (panel_width * 0.8) ** 2 * height / width  # about what a panel shows of the picture
+    assert blur - noise > picture_pixels / (rows * columns) / 2, (blur, noise)  # a tile, at least half of it
+    assert blur - noise > 10 * picture_pixels * 128 * 128 / (width * height)  # ten times the box alone
+
+
 PLOTTED = {  # what the picture is -> (PIL image, format), and the RGB the server decodes it to
     "transparent red PNG": (Image.new("RGBA", (64, 48), (255, 0, 0, 0)), "PNG", (255, 255, 255)),
     "blue HEIC": (Image.new("RGB", (64, 48), (0, 0, 255)), "HEIF", (0, 0, 255)),
@@ -397,9 +430,9 @@ def test_iqa_map_prints_json_and_writes_the_plot(client, triton, tmp_path, capsy
 
 def test_iqa_map_checks_the_map_model_it_calls_and_not_the_4_patch_one(triton, capsys):
     photo_path = str(DATA / "sheep.jpg")
-    # --model names the 4-patch ensemble, which `iqa map` never calls: it must not stand in the way.
-    assert cli.main(["map", photo_path, "--model", "nosuch", "--url", triton.grpc_url]) == 0
-    capsys.readouterr()
+    # --model names the 4-patch ensemble, which `iqa map` never calls: refused, naming --map-model.
+    assert cli.main(["--model", "nosuch", "map", photo_path, "--url", triton.grpc_url]) == 2
+    assert "iqa map calls --map-model" in capsys.readouterr().err
     assert cli.main(["map", photo_path, "--map-model", "nosuch", "--url", triton.grpc_url]) == 3
     assert "nosuch" in capsys.readouterr().err
     # The 4-patch ensemble is not a map model: refused at connect, before any image is sent.

@@ -2,20 +2,25 @@
 
     with IQAClient("127.0.0.1:8001") as client:
         client.score("photo.jpg")                      # Scores(noise=…, blur=…, compression=…)
+        client.score("https://example.org/x.jpg")      # downloaded with httpx, then scored
         client.score_many(paths, concurrency=8)        # [Scores | IQAError, …] in input order
         client.score_video("clip.mp4", frames=32)      # VideoReport
         client.score_map("photo.jpg")                  # DegradationMap: per-cell and pooled scores
+        for time_s, outcome in client.iter_score_frames(video.sample_frames("clip.mp4", fps=2)):
+            ...                                        # each frame as it is scored (rows written as they come)
 
 Every call has a timeout (the client's default or the call's own). Transient statuses
 (UNAVAILABLE, RESOURCE_EXHAUSTED, and CANCELLED by a server shutting down) are retried with jittered exponential backoff inside that
 timeout, and so is NOT_FOUND "has no available versions", which a server answers while it unloads
 or reloads the model (graceful shutdown, recovery); nothing else is retried (a bad image stays bad).
-Failures are IQAError subclasses.
+Failures are IQAError subclasses: an input that cannot be read (a missing file, a URL that fails) is a
+BadImageError like an image the server refuses, from score() as from score_many().
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import re
@@ -31,7 +36,7 @@ import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
 from iqa_client import degradation_map
-from iqa_client.channel import ChannelOptions, channel_arguments
+from iqa_client.channel import ChannelOptions, channel_arguments, diagnose, grpc_target
 from iqa_client.contract import (
     CELL_BOXES, CELL_SCORES, ENSEMBLE_MODEL, GRID, IMAGE_INPUT, IMAGE_SIZE, MAP_MODEL, MAP_OUTPUTS,
     OVERLOAD_MESSAGES, SCORE_NAMES,
@@ -59,6 +64,8 @@ RELOADING = ("StatusCode.NOT_FOUND", "has no available versions")
 Outcome = Scores | IQAError
 MapOutcome = DegradationMap | IQAError
 Progress = Callable[[int, int | None], None]  # (done, total or None)
+# Failures that are about the server, not the item: once one comes back, the rest of a run would fail too.
+SERVER_GONE = (ServerUnreachableError, ModelError)
 
 
 @dataclass(frozen=True)
@@ -139,20 +146,25 @@ def _check_contract(metadata: dict, model: str, url: str, kind: str = ENSEMBLE_M
             f"expected inputs {{'{IMAGE_INPUT}': 'BYTES'}}, outputs {expected_outputs}")
 
 
-def _video_plan(path, fps, frames, progress):
-    """The frame sampler, the timestamps it fills as frames are read, the frames, and progress in frames."""
-    from iqa_client import video
+def _read(image: ImageLike, index: int | None, timeout: float) -> bytes:
+    """The bytes to send for one input; one that cannot be read is a BadImageError naming it (index, source)."""
+    try:
+        return to_bytes(image, timeout=timeout)
+    except BadImageError as err:
+        raise BadImageError(err.reason, index=index, source=err.source or describe(image)) from None
+    except (OSError, TypeError, ValueError) as err:
+        raise BadImageError(f"cannot read it: {err}", index=index, source=describe(image)) from None
 
-    sampled = video.sample_frames(path, fps=fps, frames=frames)
-    times: list[float] = []
 
-    def pixels():
-        for time_s, frame in sampled:
-            times.append(time_s)
-            yield frame
+def _unreachable(url: str, err: InferenceServerException, hint: str | None) -> ServerUnreachableError:
+    # The hint says more than gRPC's words for the same failure ("Socket closed", "Tls handshake failed ... OK").
+    return ServerUnreachableError(f"no Triton server answers at {url}: {hint or err.message() or err}")
 
-    on_progress = (lambda done, _total: progress(done, sampled.count)) if progress else None
-    return sampled, times, pixels(), on_progress
+
+def _frame_total(frames, progress: Progress | None) -> Progress | None:
+    """Progress in frames of a sampler that knows its count (video.FrameSampler.count)."""
+    total = getattr(frames, "count", None)
+    return (lambda done, _total: progress(done, total)) if progress else None
 
 
 def _retry_pause(retry: RetryPolicy, err: InferenceServerException, attempt: int, deadline: _Deadline) -> float | None:
@@ -193,7 +205,8 @@ class IQAClient:
                  private_key: str | None = None, certificate_chain: str | None = None,
                  headers: dict[str, str] | None = None, channel_options: ChannelOptions | None = None,
                  connect: bool = True, map_model: str = MAP_MODEL) -> None:
-        self.url, self.model, self.timeout, self.retry = url, model, timeout, retry
+        url, ssl = grpc_target(url, ssl)
+        self.url, self.model, self.timeout, self.retry, self._ssl = url, model, timeout, retry, ssl
         self.map_model, self._map_checked = map_model, False
         self.headers = dict(headers or {})
         self._grpc = grpcclient.InferenceServerClient(url, ssl=ssl, root_certificates=root_certificates,
@@ -214,7 +227,7 @@ class IQAClient:
         try:
             live = self._grpc.is_server_live(headers=self.headers, client_timeout=seconds)
         except InferenceServerException as err:
-            raise ServerUnreachableError(f"no Triton server answers at {self.url}: {err.message()}") from None
+            raise _unreachable(self.url, err, diagnose(self.url, self._ssl)) from None
         if not live:
             raise ServerUnreachableError(f"Triton at {self.url} is not live")
         try:
@@ -239,12 +252,17 @@ class IQAClient:
             version = self._grpc.get_server_metadata(headers=self.headers, as_json=True,
                                                      client_timeout=seconds).get("version", "")
         except InferenceServerException as err:
-            raise ServerUnreachableError(f"no Triton server answers at {self.url}: {err.message()}") from None
+            raise _unreachable(self.url, err, diagnose(self.url, self._ssl)) from None
         return Health(live, ready, model_ready, version, self.model)
 
     def score(self, image: ImageLike, *, timeout: float | None = None) -> Scores:
-        """Scores for one image (path, bytes, PIL image or HxWx3 uint8 RGB array)."""
-        return self._score(to_bytes(image), timeout, index=None, source=describe(image))
+        """Scores for one image: a path, an http(s) URL, bytes, an open binary file, a PIL image or an HxWx3
+        uint8 RGB array. A URL is downloaded first (within the timeout, at most MAX_IMAGE_BYTES).
+
+        Raises BadImageError when the input cannot be read (missing file, failed download) or the server
+        refuses the image, else the other IQAErrors (unreachable, timeout, ...)."""
+        data = _read(image, None, timeout or self.timeout)
+        return self._score(data, timeout, index=None, source=describe(image))
 
     def score_many(self, images: Iterable[ImageLike], *, concurrency: int = 8, timeout: float | None = None,
                    progress: Progress | None = None) -> list[Outcome]:
@@ -258,8 +276,10 @@ class IQAClient:
 
     def score_map(self, image: ImageLike, *, timeout: float | None = None) -> DegradationMap:
         """The degradation map of one image (path, bytes, PIL image or HxWx3 uint8 RGB array): each cell's
-        box and scores and the pooled whole-image scores (DegradationMap; `.plot(path)` draws it)."""
-        return self._score_map(to_bytes(image), timeout, index=None, source=describe(image))
+        box and scores and the pooled whole-image scores (DegradationMap; `.plot(path)` draws it). Takes what
+        score() takes and raises as it does."""
+        data = _read(image, None, timeout or self.timeout)
+        return self._score_map(data, timeout, index=None, source=describe(image))
 
     def score_map_many(self, images: Iterable[ImageLike], *, concurrency: int = 4, timeout: float | None = None,
                        progress: Progress | None = None) -> list[MapOutcome]:
@@ -278,37 +298,70 @@ class IQAClient:
             raise ValueError("concurrency must be at least 1")
         total = len(images) if hasattr(images, "__len__") else None
         done = 0
-        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="iqa") as pool:
-            window: deque = deque()
+        pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="iqa")
+        window: deque = deque()
+        try:
             for index, image in enumerate(images):
                 window.append(pool.submit(self._item, score, index, image, timeout))
                 while len(window) >= 2 * concurrency or (window and window[0].done()):
                     done += 1
-                    yield window.popleft().result()
-                    if progress:
+                    outcome = window.popleft().result()
+                    if progress:  # before the yield: a caller that stops after the last item has seen it counted
                         progress(done, total)
+                    yield outcome
             while window:
                 done += 1
-                yield window.popleft().result()
+                outcome = window.popleft().result()
                 if progress:
                     progress(done, total)
+                yield outcome
+        finally:
+            # Closed early (the caller stopped, Ctrl-C, the server went away): what has not started never
+            # will, and the caller does not wait for the requests in flight (they end within their timeout,
+            # or at once when the client is closed).
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def score_video(self, path: str | os.PathLike, *, fps: float | None = None, frames: int | None = None,
                     percentile: float = 95.0, concurrency: int = 8, timeout: float | None = None,
                     progress: Progress | None = None):
-        """Score frames sampled from a video (N uniform `frames`, or `fps` per second) -> VideoReport."""
+        """Score frames sampled from a video (N uniform `frames`, or `fps` per second) -> VideoReport.
+
+        A frame the server refuses is a failed frame of the report; a server that stops answering mid-video
+        raises ServerUnreachableError (or ModelError) instead of a report of the part scored before."""
         from iqa_client import video
 
-        sampled, times, pixels, on_progress = _video_plan(path, fps, frames, progress)
-        outcomes = list(self.iter_score_many(pixels, concurrency=concurrency, timeout=timeout, progress=on_progress))
+        sampled = video.sample_frames(path, fps=fps, frames=frames)
+        times, outcomes = [], []
+        with contextlib.closing(self.iter_score_frames(sampled, concurrency=concurrency, timeout=timeout,
+                                                       progress=progress)) as scored:
+            for time_s, outcome in scored:
+                if isinstance(outcome, SERVER_GONE):
+                    raise outcome
+                times.append(time_s)
+                outcomes.append(outcome)
         return video.report(path, sampled.duration_s, times, outcomes, percentile)
+
+    def iter_score_frames(self, frames: Iterable[tuple[float, np.ndarray]], *, concurrency: int = 8,
+                          timeout: float | None = None, progress: Progress | None = None
+                          ) -> Iterator[tuple[float, Outcome]]:
+        """(time in seconds, Scores or the frame's IQAError) for each (time in seconds, RGB uint8 [H, W, 3])
+        frame, e.g. of video.sample_frames(path, fps=2), in order, as each is scored: for writing a video's
+        rows as they come. Reads the frames lazily (at most 2 x concurrency held)."""
+        times: deque[float] = deque()
+
+        def pixels():
+            for time_s, frame in frames:
+                times.append(time_s)
+                yield frame
+
+        with contextlib.closing(self.iter_score_many(pixels(), concurrency=concurrency, timeout=timeout,
+                                                     progress=_frame_total(frames, progress))) as outcomes:
+            for outcome in outcomes:
+                yield times.popleft(), outcome
 
     def _item(self, score, index: int, image: ImageLike, timeout: float | None):
         try:
-            data = to_bytes(image)
-        except (OSError, TypeError, ValueError) as err:
-            return BadImageError(f"cannot read it: {err}", index=index, source=describe(image))
-        try:
+            data = _read(image, index, timeout or self.timeout)
             return score(data, timeout, index=index, source=describe(image))
         except IQAError as err:
             return err
@@ -365,7 +418,8 @@ class AsyncIQAClient:
                  private_key: str | None = None, certificate_chain: str | None = None,
                  headers: dict[str, str] | None = None, channel_options: ChannelOptions | None = None,
                  map_model: str = MAP_MODEL) -> None:
-        self.url, self.model, self.timeout, self.retry = url, model, timeout, retry
+        url, ssl = grpc_target(url, ssl)
+        self.url, self.model, self.timeout, self.retry, self._ssl = url, model, timeout, retry, ssl
         self.map_model, self._map_checked = map_model, False
         self.headers = dict(headers or {})
         self._grpc = grpcaio.InferenceServerClient(url, ssl=ssl, root_certificates=root_certificates,
@@ -384,7 +438,7 @@ class AsyncIQAClient:
         try:
             live = await self._grpc.is_server_live(headers=self.headers, client_timeout=seconds)
         except InferenceServerException as err:
-            raise ServerUnreachableError(f"no Triton server answers at {self.url}: {err.message()}") from None
+            raise _unreachable(self.url, err, await asyncio.to_thread(diagnose, self.url, self._ssl)) from None
         if not live:
             raise ServerUnreachableError(f"Triton at {self.url} is not live")
         try:
@@ -409,12 +463,13 @@ class AsyncIQAClient:
             metadata = await self._grpc.get_server_metadata(headers=self.headers, as_json=True,
                                                             client_timeout=seconds)
         except InferenceServerException as err:
-            raise ServerUnreachableError(f"no Triton server answers at {self.url}: {err.message()}") from None
+            raise _unreachable(self.url, err, await asyncio.to_thread(diagnose, self.url, self._ssl)) from None
         return Health(live, ready, model_ready, metadata.get("version", ""), self.model)
 
     async def score(self, image: ImageLike, *, timeout: float | None = None) -> Scores:
-        """Scores for one image (path, bytes, PIL image or HxWx3 uint8 RGB array)."""
-        return await self._score(to_bytes(image), timeout, index=None, source=describe(image))
+        """Scores for one image: what IQAClient.score takes, raising what it raises."""
+        data = await asyncio.to_thread(_read, image, None, timeout or self.timeout)  # files, downloads, PNG: off the loop
+        return await self._score(data, timeout, index=None, source=describe(image))
 
     async def score_many(self, images: Iterable[ImageLike], *, concurrency: int = 8,
                          timeout: float | None = None, progress: Progress | None = None) -> list[Outcome]:
@@ -430,7 +485,8 @@ class AsyncIQAClient:
     async def score_map(self, image: ImageLike, *, timeout: float | None = None) -> DegradationMap:
         """The degradation map of one image (path, bytes, PIL image or HxWx3 uint8 RGB array): each cell's
         box and scores and the pooled whole-image scores (DegradationMap; `.plot(path)` draws it)."""
-        return await self._score_map(to_bytes(image), timeout, index=None, source=describe(image))
+        data = await asyncio.to_thread(_read, image, None, timeout or self.timeout)
+        return await self._score_map(data, timeout, index=None, source=describe(image))
 
     async def score_map_many(self, images: Iterable[ImageLike], *, concurrency: int = 4,
                              timeout: float | None = None, progress: Progress | None = None) -> list[MapOutcome]:
@@ -456,14 +512,16 @@ class AsyncIQAClient:
                 window.append(asyncio.ensure_future(self._item(score, index, image, timeout)))
                 if len(window) >= concurrency:
                     done += 1
-                    yield await window.popleft()
-                    if progress:
+                    outcome = await window.popleft()
+                    if progress:  # before the yield: a caller that stops after the last item has seen it counted
                         progress(done, total)
+                    yield outcome
             while window:
                 done += 1
-                yield await window.popleft()
+                outcome = await window.popleft()
                 if progress:
                     progress(done, total)
+                yield outcome
         finally:
             for task in window:
                 task.cancel()
@@ -471,20 +529,46 @@ class AsyncIQAClient:
     async def score_video(self, path: str | os.PathLike, *, fps: float | None = None, frames: int | None = None,
                           percentile: float = 95.0, concurrency: int = 8, timeout: float | None = None,
                           progress: Progress | None = None):
-        """Score frames sampled from a video (N uniform `frames`, or `fps` per second) -> VideoReport."""
+        """Score frames sampled from a video (N uniform `frames`, or `fps` per second) -> VideoReport; raises
+        as IQAClient.score_video does when the server stops answering mid-video."""
         from iqa_client import video
 
-        sampled, times, pixels, on_progress = _video_plan(path, fps, frames, progress)
-        outcomes = [o async for o in self.iter_score_many(pixels, concurrency=concurrency, timeout=timeout,
-                                                          progress=on_progress)]
+        sampled = video.sample_frames(path, fps=fps, frames=frames)
+        times, outcomes = [], []
+        scored = self.iter_score_frames(sampled, concurrency=concurrency, timeout=timeout, progress=progress)
+        try:
+            async for time_s, outcome in scored:
+                if isinstance(outcome, SERVER_GONE):
+                    raise outcome
+                times.append(time_s)
+                outcomes.append(outcome)
+        finally:
+            await scored.aclose()
         return video.report(path, sampled.duration_s, times, outcomes, percentile)
+
+    async def iter_score_frames(self, frames: Iterable[tuple[float, np.ndarray]], *, concurrency: int = 8,
+                                timeout: float | None = None, progress: Progress | None = None
+                                ) -> AsyncIterator[tuple[float, Outcome]]:
+        """(time in seconds, Scores or the frame's IQAError) per (time, RGB uint8 [H, W, 3]) frame, in order,
+        as each is scored (IQAClient.iter_score_frames)."""
+        times: deque[float] = deque()
+
+        def pixels():
+            for time_s, frame in frames:
+                times.append(time_s)
+                yield frame
+
+        outcomes = self._iter_many(self._score, pixels(), concurrency, timeout, _frame_total(frames, progress))
+        try:
+            async for outcome in outcomes:
+                yield times.popleft(), outcome
+        finally:
+            await outcomes.aclose()
 
     async def _item(self, score, index: int, image: ImageLike, timeout: float | None):
         try:
-            data = await asyncio.to_thread(to_bytes, image)  # PNG-encoding a frame is CPU work
-        except (OSError, TypeError, ValueError) as err:
-            return BadImageError(f"cannot read it: {err}", index=index, source=describe(image))
-        try:
+            # files, downloads and PNG-encoding a frame are blocking or CPU work: off the event loop
+            data = await asyncio.to_thread(_read, image, index, timeout or self.timeout)
             return await score(data, timeout, index=index, source=describe(image))
         except IQAError as err:
             return err

@@ -84,9 +84,11 @@ class DegradationMap:
              max_side: int = 1200) -> None:
         """Write a figure of the picture under a translucent heat map per score (noise, blur, compression).
 
-        Each cell is drawn over its box, coloured 0 (clean, nearly see-through) to 1 (strong, up to
-        `alpha` opaque), with its score written in it when the grid is small enough to read; where
-        neighbouring cells overlap, each keeps the half nearer to it. The picture is shown at most `max_side` pixels
+        Each cell is drawn as a tile over the part of the picture nearest to it, coloured 0 (clean, nearly
+        see-through) to 1 (strong, up to `alpha` opaque), with its score written in it when the grid is small
+        enough to read, and the 128-pixel box it measured outlined: on a large picture, whose cells are spread
+        with gaps between them, the tiles still cover it, so a 4000 x 3000 photo's 7 x 9 cells are as easy to
+        see as a small picture's (the boxes alone would be specks). The picture is shown at most `max_side` pixels
         wide or high, as the server decoded it (EXIF orientation, transparency over white; HEIC through pillow-heif).
         Needs matplotlib and Pillow (`pip install 'iqa-client[map]'`, else MissingExtraError); the format follows
         `output`'s suffix. `title` defaults to the source's file name and the grid.
@@ -102,6 +104,8 @@ class DegradationMap:
 
         picture = self._picture(max_side)
         regions = _drawn_regions(self)
+        gaps = any(r[0] < b[0] or r[1] < b[1] or r[2] > b[2] or r[3] > b[3]  # cells spread with gaps between them
+                   for b, r in zip((c.box for c in self.cells), regions))
         figure, axes = plt.subplots(1, 3, squeeze=False, figsize=(15, 4.2 * self.height / self.width + 1.2))
         colours = plt.get_cmap("YlOrRd")
         scale = ScalarMappable(Normalize(0, 1), colours)
@@ -114,6 +118,10 @@ class DegradationMap:
             axis.add_collection(PatchCollection(
                 [Rectangle((x0, y0), x1 - x0, y1 - y0) for x0, y0, x1, y1 in regions],
                 facecolors=faces, edgecolors=(1, 1, 1, 0.5), linewidths=0.4))
+            if gaps:
+                axis.add_collection(PatchCollection(  # where each tile's score was measured
+                    [Rectangle((x0, y0), x1 - x0, y1 - y0) for x0, y0, x1, y1 in (c.box for c in self.cells)],
+                    facecolors="none", edgecolors=(1, 1, 1, 0.8), linewidths=0.6, linestyles=(0, (2, 2))))
             if self.columns <= 12 and self.rows <= 12:
                 for (x0, y0, x1, y1), value in zip(regions, values):
                     axis.text((x0 + x1) / 2, (y0 + y1) / 2, f"{value:.2f}", ha="center", va="center", fontsize=7,
@@ -121,7 +129,9 @@ class DegradationMap:
             axis.set(xlim=(0, self.width), ylim=(self.height, 0), xticks=[], yticks=[],
                      title=f"{name}: {getattr(self.pooled, name):.2f} pooled")
             figure.colorbar(scale, ax=axis, fraction=0.046, pad=0.02)
-        figure.suptitle(title or f"{os.path.basename(self.source)}: {self.rows} x {self.columns} cells", fontsize=10)
+        figure.suptitle(title or f"{os.path.basename(self.source)}: {self.rows} x {self.columns} cells"
+                        + (", each drawn over the area nearest to it (dashed: the 128-px box it measured)"
+                           if gaps else ""), fontsize=10)
         figure.tight_layout()
         figure.savefig(output, dpi=100)
         plt.close(figure)
@@ -154,19 +164,21 @@ class DegradationMap:
 
 
 def _drawn_regions(scored: DegradationMap) -> list[tuple[float, float, float, float]]:
-    """Each cell's box, with the overlap between neighbours split at its middle (gaps stay gaps)."""
-    lefts, rights = _split_overlaps([scored.cells[c].box[0] for c in range(scored.columns)],
-                                    [scored.cells[c].box[2] for c in range(scored.columns)])
-    tops, bottoms = _split_overlaps([scored.cells[r * scored.columns].box[1] for r in range(scored.rows)],
-                                    [scored.cells[r * scored.columns].box[3] for r in range(scored.rows)])
+    """Each cell's tile: the picture split between neighbouring cells at the middle of their overlap or of
+    the gap between them, the outer tiles reaching the picture's edges. Tiles cover the picture exactly."""
+    lefts, rights = _split(scored.width, [scored.cells[c].box[0] for c in range(scored.columns)],
+                           [scored.cells[c].box[2] for c in range(scored.columns)])
+    tops, bottoms = _split(scored.height, [scored.cells[r * scored.columns].box[1] for r in range(scored.rows)],
+                           [scored.cells[r * scored.columns].box[3] for r in range(scored.rows)])
     return [(lefts[c.column], tops[c.row], rights[c.column], bottoms[c.row]) for c in scored.cells]
 
 
-def _split_overlaps(starts: list[int], ends: list[int]) -> tuple[list[float], list[float]]:
+def _split(size: int, starts: list[int], ends: list[int]) -> tuple[list[float], list[float]]:
     starts, ends = [float(s) for s in starts], [float(e) for e in ends]
     for i in range(len(starts) - 1):
-        if starts[i + 1] < ends[i]:
-            starts[i + 1] = ends[i] = (starts[i + 1] + ends[i]) / 2
+        starts[i + 1] = ends[i] = (starts[i + 1] + ends[i]) / 2
+    if starts:
+        starts[0], ends[-1] = 0.0, float(size)
     return starts, ends
 
 

@@ -21,7 +21,9 @@ class ModelError(IQAError):
 
 
 class BadImageError(IQAError):
-    """The server (or the client's own encoding) refused this image; `index` and `source` say which."""
+    """This input cannot be scored: the server refused the image, or the client could not read it (a missing
+    file, a failed or oversized download, an array that is no image). `index` and `source` say which input,
+    `reason` why. score() raises it; score_many() returns it in the input's place."""
 
     def __init__(self, message: str, index: int | None = None, source: str | None = None) -> None:
         self.index, self.source, self.reason = index, source, message

@@ -1,42 +1,153 @@
 """Whatever the caller holds -> the encoded bytes that travel to the server.
 
-Files and bytes travel as they are: the server must see the very compression it scores, and it
-reads every accepted format itself (contract.ACCEPTED_FORMATS: HEIC and AVIF included).
+Files, bytes and downloads travel as they are: the server must see the very compression it scores, and
+it reads every accepted format itself (contract.ACCEPTED_FORMATS: HEIC and AVIF included).
 Pixels (numpy arrays, PIL images, video frames) travel as PNG, which is lossless: the client
 never adds compression artefacts of its own to what it measures.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import os
 import struct
+import threading
+import time
 import zlib
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, BinaryIO, Union
 
 import numpy as np
 
-ImageLike = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray, Any]  # Any: PIL.Image.Image
+from iqa_client.contract import MAX_IMAGE_BYTES
+from iqa_client.errors import BadImageError
+
+# Any: PIL.Image.Image; str: a path or an http(s) URL; BinaryIO: an open binary file (sys.stdin.buffer)
+ImageLike = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray, BinaryIO, Any]
+
+URL_SCHEMES = ("http://", "https://")
+# A redirect chain longer than this is a loop or a trap, not an image host (browsers stop near 20;
+# image CDNs use one or two).
+MAX_REDIRECTS = 5
+DEFAULT_FETCH_TIMEOUT_S = 30.0
 
 
-def to_bytes(image: ImageLike) -> bytes:
-    """Encoded image bytes for one input: a path, bytes, a PIL image or an HxWx3 uint8 RGB array."""
+def client_version() -> str:
+    """The installed iqa-client's version ("unknown" when run from a checkout without installing it)."""
+    try:
+        return importlib.metadata.version("iqa-client")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def is_url(image: object) -> bool:
+    return isinstance(image, str) and image[:8].lower().startswith(URL_SCHEMES)
+
+
+def to_bytes(image: ImageLike, *, timeout: float = DEFAULT_FETCH_TIMEOUT_S) -> bytes:
+    """Encoded image bytes for one input: a path, an http(s) URL, bytes, an open binary file, a PIL image
+    or an HxWx3 uint8 RGB array.
+
+    A URL is downloaded within `timeout` seconds (fetch()). Raises BadImageError when the input cannot be
+    read (a missing file, a folder, a URL that fails or exceeds MAX_IMAGE_BYTES), ValueError for an array
+    that is not an image, TypeError for an object of another kind.
+    """
     if isinstance(image, (bytes, bytearray, memoryview)):
         return bytes(image)
+    if is_url(image):
+        return fetch(image, timeout=timeout)
     if isinstance(image, (str, os.PathLike)):
-        return Path(image).read_bytes()
+        return _read_file(image)
     if isinstance(image, np.ndarray):
         return png_from_array(image)
     if hasattr(image, "mode") and hasattr(image, "save"):  # PIL.Image.Image, without importing Pillow
         return png_from_pil(image)
-    raise TypeError(f"cannot score a {type(image).__name__}: pass a path, bytes, a PIL image or an HxWx3 uint8 array")
+    if hasattr(image, "read"):
+        return _read_stream(image)
+    raise TypeError(f"cannot score a {type(image).__name__}: pass a path, an http(s) URL, bytes, an open binary "
+                    "file, a PIL image or an HxWx3 uint8 array")
+
+
+def _read_file(path: str | os.PathLike) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise BadImageError("no such file", source=os.fspath(path)) from None
+    except IsADirectoryError:
+        raise BadImageError("a folder, not an image file", source=os.fspath(path)) from None
+    except OSError as err:
+        raise BadImageError(f"cannot read it: {err.strerror or err}", source=os.fspath(path)) from None
+
+
+def _read_stream(stream: BinaryIO) -> bytes:
+    # One byte past the limit is enough to know the server would refuse it; a pipe may never end.
+    data = stream.read(MAX_IMAGE_BYTES + 1)
+    if not isinstance(data, (bytes, bytearray)):
+        raise TypeError(f"{describe(stream)} is open in text mode: open it in binary mode ('rb', sys.stdin.buffer)")
+    if len(data) > MAX_IMAGE_BYTES:
+        raise BadImageError(f"more than the server's limit of {MAX_IMAGE_BYTES} bytes", source=describe(stream))
+    return bytes(data)
+
+
+_session = None
+_session_lock = threading.Lock()
+
+
+def _http():
+    """One httpx.Client for every download (thread-safe; keeps connections to an image host open)."""
+    global _session
+    with _session_lock:
+        if _session is None:
+            import httpx  # a core dependency, imported only by the callers that download
+
+            _session = httpx.Client(follow_redirects=True, max_redirects=MAX_REDIRECTS,
+                                    headers={"User-Agent": f"iqa-client/{client_version()} httpx/{httpx.__version__}"})
+        return _session
+
+
+def fetch(url: str, *, timeout: float = DEFAULT_FETCH_TIMEOUT_S, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
+    """Download an image over http(s) with httpx: at most MAX_REDIRECTS redirects, `timeout` seconds in all,
+    at most `max_bytes` (the server's encoded-size limit, checked on Content-Length and while reading).
+
+    Raises BadImageError naming what went wrong (HTTP status, timeout, size, redirects, connection).
+    """
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    try:
+        with _http().stream("GET", url, timeout=timeout) as response:
+            if response.status_code >= 400:
+                raise BadImageError(f"cannot download it: HTTP {response.status_code} {response.reason_phrase}",
+                                    source=url)
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > max_bytes:
+                raise BadImageError(f"cannot download it: {declared} bytes, more than the server's limit of "
+                                    f"{max_bytes} bytes", source=url)
+            chunks, size = [], 0
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise BadImageError(f"cannot download it: more than the server's limit of {max_bytes} bytes",
+                                        source=url)
+                if time.monotonic() > deadline:  # a server that drips bytes never trips a read timeout
+                    raise httpx.ReadTimeout("download too slow")
+                chunks.append(chunk)
+    except httpx.TooManyRedirects:
+        raise BadImageError(f"cannot download it: more than {MAX_REDIRECTS} redirects", source=url) from None
+    except httpx.TimeoutException:
+        raise BadImageError(f"cannot download it: not done within {timeout:g} s", source=url) from None
+    except (httpx.HTTPError, httpx.InvalidURL) as err:
+        raise BadImageError(f"cannot download it: {err or type(err).__name__}", source=url) from None
+    return b"".join(chunks)
 
 
 def describe(image: ImageLike) -> str:
     """A short name for an input, for error messages."""
     if isinstance(image, (str, os.PathLike)):
         return str(image)
+    if hasattr(image, "read") and not hasattr(image, "mode"):
+        return str(getattr(image, "name", "a stream"))
     if isinstance(image, np.ndarray):
         return f"array {'x'.join(map(str, image.shape))} {image.dtype}"
     if isinstance(image, (bytes, bytearray, memoryview)):

@@ -89,6 +89,10 @@ class FrameScore:
     scores: Scores | None
     error: str | None = None
 
+    def to_dict(self) -> dict:
+        """{"time_s", "noise", "blur", "compression"}, or {"time_s", "error"} for a failed frame."""
+        return {"time_s": self.time_s, **(self.scores.to_dict() if self.scores else {"error": self.error})}
+
 
 @dataclass(frozen=True)
 class VideoReport:
@@ -105,17 +109,18 @@ class VideoReport:
     def frames_failed(self) -> int:
         return sum(f.scores is None for f in self.frames)
 
-    def to_dict(self) -> dict:
-        return {
+    def to_dict(self, series: bool = True) -> dict:
+        """The report as JSON-ready values; series=False leaves out the per-frame series (the summary that
+        `iqa video --json` writes after its frames' rows)."""
+        summary = {
             "path": self.path,
             "duration_s": self.duration_s,
             "frames_scored": len(self.frames) - self.frames_failed,
             "frames_failed": self.frames_failed,
             "mean": self.mean.to_dict() if self.mean else None,
             f"p{self.percentile:g}": self.worst.to_dict() if self.worst else None,
-            "series": [{"time_s": f.time_s, **(f.scores.to_dict() if f.scores else {"error": f.error})}
-                       for f in self.frames],
         }
+        return {**summary, "series": [f.to_dict() for f in self.frames]} if series else summary
 
     def to_json(self, **kwargs) -> str:
         return json.dumps(self.to_dict(), ensure_ascii=False, **kwargs)

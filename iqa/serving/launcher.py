@@ -650,10 +650,19 @@ def score_sample(grpc_url: str, image: Path) -> dict[str, float]:
     return {name: getattr(scores, name.lower()) for name in SCORE_NAMES}
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default in --help, unless it has none or its text already says it."""
+
+    def _get_help_string(self, action):
+        if action.default is None or "(default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Serve model_repository/ with a local tritonserver (make serve SERVE_ARGS='...' passes these).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument("--model-repository", type=Path, default=DEFAULT_REPOSITORY, help="the repository to serve")
     parser.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR,
                         help="where the runtime copy of the repository and the backends go")
