@@ -64,6 +64,9 @@ parser.add_argument("--init", type=Path, help="start from these weights (an earl
                     "optimizer and LR schedule: a warm restart")
 parser.add_argument("--steps", type=int, default=20000, help="optimizer steps (the run ends at steps or minutes)")
 parser.add_argument("--minutes", type=float, default=0.0, help="wall-clock budget; the LR schedule follows it")
+parser.add_argument("--cpu-minutes", type=float, default=0.0,
+                    help="budget in CPU time of this process (fair between runs on a shared machine); the LR "
+                    "schedule follows it")
 parser.add_argument("--batch", type=int, default=128, help="degraded pictures per step (x views x 4 patches)")
 parser.add_argument("--views", type=int, default=1, help="patch sets cut from each degraded picture")
 parser.add_argument("--lr", type=float, default=2e-3)
@@ -389,7 +392,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def progress() -> float:
         by_time = elapsed() / (args.minutes * 60) if args.minutes else 0.0
-        return max(step / args.steps, by_time)
+        by_cpu = cpu_seconds() / (args.cpu_minutes * 60) if args.cpu_minutes else 0.0
+        return max(step / args.steps, by_time, by_cpu)
 
     def learning_rate(p: float) -> float:
         warm = min(1.0, p / args.warmup) if args.warmup else 1.0
