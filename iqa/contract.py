@@ -21,6 +21,7 @@ from iqa_client.contract import (  # noqa: F401  (re-exported)
     MAP_MODEL,
     MAP_OUTPUTS,
     MAX_CELLS,
+    MAX_IMAGE_BYTES,
     MODELSCOPE_LABELS,
     OVERLOAD_MESSAGES,
     SCORE_NAMES,
@@ -49,7 +50,7 @@ PATCH_SHAPE = (PATCHES_PER_IMAGE, CHANNELS, PATCH_SIZE, PATCH_SIZE)
 PATCH_DTYPE = "uint8"  # values 0..255; the network scales them to [0, 1] itself
 
 # --- input guards ---------------------------------------------------------------
-MAX_IMAGE_BYTES = 32 * 1024 * 1024  # encoded size
+# MAX_IMAGE_BYTES (encoded size, 32 MiB) is part of the wire contract: the client refuses larger images
 MAX_IMAGE_PIXELS = 64_000_000  # decoded width * height (decompression bombs)
 MIN_IMAGE_SIDE = 32  # below this there is no texture to judge
 
@@ -75,6 +76,10 @@ DECODE_PIXEL_BUDGET = MAX_IMAGE_PIXELS
 # batch of preprocess holds at most this many images, whatever requests they came in. It bounds the
 # encoded bytes one execution holds in shared memory (below); the network batches its own way.
 MAX_REQUEST_ROWS = 8
+# The largest request body: MAX_REQUEST_ROWS images of MAX_IMAGE_BYTES, each with the 4-byte length
+# Triton's BYTES elements carry. Triton >= 2.59 refuses larger HTTP inputs with --http-max-input-size
+# (the image's loopback HTTP); no Triton release limits gRPC (2 GiB), see iqa.serving.watchdog.confine_regions.
+MAX_REQUEST_BYTES = MAX_REQUEST_ROWS * (MAX_IMAGE_BYTES + 4)
 NETWORK_MAX_BATCH = 32  # images per execution of iqa_resnet50 (GPU-sized; its own dynamic batching)
 
 # --- Python-backend shared memory (/dev/shm) ---------------------------------------------------

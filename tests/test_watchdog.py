@@ -1,6 +1,9 @@
 """The watchdog's own decisions, checked without a server (tests/test_faults.py runs it against one)."""
 
+import functools
 import json
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -9,7 +12,17 @@ import pytest
 
 from iqa.contract import PATCH_SHAPE
 from iqa.preprocess import preprocess
-from iqa.serving.watchdog import PROBE_IMAGE, AdminAccess, HealthServer, Probe, Watchdog, remove_regions, shm_region_prefix
+from iqa.serving.watchdog import (
+    PROBE_IMAGE,
+    AdminAccess,
+    HealthServer,
+    Probe,
+    Watchdog,
+    confine_regions,
+    remove_regions,
+    shm_region_bytes,
+    shm_region_prefix,
+)
 
 
 def test_the_probe_image_is_one_the_preprocessing_accepts():
@@ -83,3 +96,19 @@ def test_stale_regions_are_found_by_the_prefix_on_the_server_command_line(tmp_pa
     for bad in ("", "../etc/", ".hidden"):
         with pytest.raises(ValueError, match="not a shared-memory region prefix"):
             remove_regions(bad, tmp_path)
+
+
+def test_the_region_size_on_the_command_line_caps_what_the_server_process_may_grow_a_file_to(tmp_path):
+    """What confine_regions does to the server: a file (a region) may be created at the start size, but
+    growing it fails with EFBIG instead of SIGXFSZ killing the process."""
+    region = 1024 * 1024
+    command = ["tritonserver", f"--backend-config=python,shm-default-byte-size={region}"]
+    assert shm_region_bytes(command) == region and shm_region_bytes(command[:1]) is None
+    path = tmp_path / "region"
+    grow = (f"import os\nf = os.open({str(path)!r}, os.O_RDWR | os.O_CREAT)\nos.ftruncate(f, {region})\n"
+            f"try:\n    os.ftruncate(f, {region} + 16 * 1024 * 1024)\nexcept OSError as err:\n    print(err.errno)\n")
+    done = subprocess.run([sys.executable, "-c", grow], capture_output=True, text=True, timeout=60,
+                          preexec_fn=functools.partial(confine_regions, region))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "27"  # EFBIG
+    assert path.stat().st_size == region

@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import re
+import resource
 import secrets
 import signal
 import struct
@@ -351,6 +352,34 @@ def answers_200(url: str) -> bool:
 
 SHM_DIR = Path("/dev/shm")
 _SHM_PREFIX_FLAG = re.compile(r"--backend-config=python,shm-region-prefix-name=(?P<prefix>.+)")
+_SHM_DEFAULT_FLAG = re.compile(r"--backend-config=python,shm-default-byte-size=(?P<bytes>\d+)")
+
+
+def shm_region_bytes(command: list[str]) -> int | None:
+    """The Python backend's region start size on a tritonserver command line
+    (`--backend-config=python,shm-default-byte-size=N`), or None when it is not set."""
+    sizes = [int(match["bytes"]) for arg in command if (match := _SHM_DEFAULT_FLAG.fullmatch(arg))]
+    return sizes[-1] if sizes else None
+
+
+def confine_regions(region_bytes: int) -> None:
+    """Run in the server's process before exec (Popen preexec_fn): no Python-backend region can grow
+    past its start size, so an oversized request fails instead of taking the pod's memory.
+
+    Triton has no request-size limit in front of the Python backend: gRPC takes messages up to 2 GiB
+    (server src/common.h MAX_GRPC_MESSAGE_SIZE = INT32_MAX, src/grpc/grpc_server.cc SetMaxMessageSize;
+    2.51 and 2.73 alike), HTTP has --http-max-input-size only from 2.59 on (server commit af8bb9302), and
+    the backend copies every input into its instance's region before model code sees it (python_backend
+    src/python_be.cc GetInputTensor -> PbTensor::SaveToSharedMemory), growing the region by ftruncate
+    when it does not fit (src/shm_manager.h Construct -> GrowIfNeeded), with no upper bound. A region is
+    a file: with RLIMIT_FSIZE at the start size that ftruncate fails with EFBIG (Linux
+    inode_newsize_ok; SIGXFSZ, which would kill the server, is ignored here and stays ignored across
+    exec), the backend reports "Failed to increase the shared memory pool size" for that execution,
+    and the server and its other executions carry on. Files the server writes are capped alike (its
+    log, when stdout is a file: keep it below the region size).
+    """
+    resource.setrlimit(resource.RLIMIT_FSIZE, (region_bytes, region_bytes))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
 
 def shm_region_prefix(command: list[str]) -> str | None:
@@ -413,7 +442,9 @@ def main(argv: list[str] | None = None) -> int:
             log.warning("removed %d shared-memory region(s) an earlier server left in %s (killed before it could "
                         "remove them): %s", len(stale), SHM_DIR, ", ".join(sorted(stale)))
     access = AdminAccess()
-    server = subprocess.Popen([*command, *access.server_flags()])
+    region_bytes = shm_region_bytes(command)
+    server = subprocess.Popen([*command, *access.server_flags()],
+                              preexec_fn=(lambda: confine_regions(region_bytes)) if region_bytes else None)
     http_url = f"127.0.0.1:{args.http_port}"
     watchdog = Watchdog(http_url, server.pid, access, give_up_after_s=args.give_up_after)
     health = HealthServer(watchdog, args.health_port).start()
