@@ -369,11 +369,12 @@ def pip_pins(path: Path) -> list[dict[str, str]]:
 
 
 def test_image_pins_are_the_projects():
-    project = pins(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"])
+    metadata = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    project = pins(metadata["dependencies"] + metadata["optional-dependencies"]["gpu"])
     export_stage, runtime = pip_pins(DOCKERFILE)
     for name in ("torch", "torchvision", "numpy", "pillow"):
         assert export_stage[name] == project[name], name
-    served = ("numpy", "pillow", "pillow-heif", "nvidia-nvimgcodec-cu13")
+    served = ("numpy", "pillow", "pillow-heif", "nvidia-nvimgcodec-cu13", "nvidia-nvjpeg", "cupy-cuda13x")
     assert runtime == {name: project[name] for name in served}, \
         "the runtime installs exactly what iqa.preprocess imports, at the project's pins"
     assert int(runtime["numpy"].split(".")[0]) < 2, "numpy 2 empties Python-backend outputs"
@@ -446,6 +447,60 @@ def test_the_runtime_image_holds_exactly_what_the_preprocess_model_and_the_watch
     install = " ".join(i.args for i in only(steps, "RUN", last))
     assert "import iqa.contract, iqa.preprocess, iqa.serving.watchdog" in install
     assert not any("PYTHONPATH" in i.args for i in only(steps, "ENV", last)), "the stub would not see it"
+
+
+# What each third-party module the served Python code imports is installed as, in the image's Python.
+IMAGE_DISTRIBUTIONS = {"numpy": "numpy", "PIL": "pillow", "pillow_heif": "pillow-heif",
+                       "nvidia.nvimgcodec": "nvidia-nvimgcodec-cu13", "cupy": "cupy-cuda13x"}
+# Provided by the Python backend itself (the stub), not by a package.
+BACKEND_MODULES = {"triton_python_backend_utils"}
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every module `path` imports, at any depth of the file (functions included: a lazy import runs too)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names |= {f"{node.module}.{alias.name}" if node.module == "nvidia" else node.module for alias in node.names}
+    return names
+
+
+def third_party_imports(entry: Path) -> set[str]:
+    """The non-project, non-stdlib modules reachable from `entry` through the project's own modules."""
+    seen, todo, found = set(), [entry], set()
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for name in imports_of(path):
+            top = name.split(".")[0]
+            if top in ("iqa", "iqa_client"):
+                parts = name.split(".")
+                module = REPO.joinpath(*(["client"] if top == "iqa_client" else []), *parts)
+                todo += [p for p in (module.with_suffix(".py"), module / "__init__.py") if p.is_file()]
+            elif top not in sys.stdlib_module_names and top != "__future__":
+                found.add(name if top == "nvidia" else top)
+    return found
+
+
+def test_every_import_of_every_served_model_py_is_installed_in_the_image(tmp_path):
+    """Lazy imports included (RegionDecoder's used to import torch, which the image's Python lacks, so the GPU
+    decode silently never ran): each model.py's reachable third-party imports are packages the image installs."""
+    _, runtime = pip_pins(DOCKERFILE)
+    entries = sorted(DEFAULT_REPOSITORY.glob("*/1/model.py"))
+    assert len(entries) == 2, entries
+    for model_py in entries:
+        imported = third_party_imports(model_py) - BACKEND_MODULES
+        missing = {name for name in imported if IMAGE_DISTRIBUTIONS.get(name) not in runtime}
+        assert not missing, f"{model_py.relative_to(REPO)} imports {sorted(missing)}, which docker/Dockerfile does not install"
+    assert "cupy" in third_party_imports(DEFAULT_REPOSITORY / contract.PREPROCESS_MODEL / "1" / "model.py")
+    # The check sees a lazy import of a package the image lacks.
+    lazy = tmp_path / "lazy.py"
+    lazy.write_text("def f():\n    import torch\n    from nvidia import nvimgcodec\n")
+    assert third_party_imports(lazy) == {"torch", "nvidia.nvimgcodec"}
 
 
 # --- .dockerignore ----------------------------------------------------------------------------------
