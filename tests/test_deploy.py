@@ -353,6 +353,9 @@ def test_the_base_images_libtorch_reads_the_exported_models_file_format():
                      if n.endswith("/.data/version") or (n.endswith("/version") and n.count("/") == 1)]
         written = int(archive.read(record))
     assert written <= newest_readable, f"model.pt is file format {written}; {image}'s libtorch {libtorch} reads up to {newest_readable}"
+    # What the docs say is what the archive records.
+    assert f"The export writes format {written} " in (DOCKER / "README.md").read_text()
+    assert f"file format {written}, which every libtorch 2.x reads" in DOCKERFILE.read_text()
 
 
 def pins(requirements) -> dict[str, str]:
