@@ -651,8 +651,22 @@ def test_shared_memory_settings_are_the_ones_derived_in_the_contract(compose, ma
                              (contract.MAP_PREPROCESS_MODEL, contract.MAP_PREPROCESS_INSTANCES)):
         config = text_format.Parse((DEFAULT_REPOSITORY / model / "config.pbtxt").read_text(), pb.ModelConfig())
         assert sum(g.count for g in config.instance_group) == instances, model
-    memory_limit = quantity_bytes(server_container(manifests)["resources"]["limits"]["memory"])
-    assert memory_limit >= 4 * k8s_shm, "the Memory emptyDir counts against the container's memory limit"
+
+
+def test_the_memory_limit_is_the_sum_derived_in_the_contract(compose, manifests):
+    """iqa/contract.py adds up six decoders' worst decode, their stubs, /dev/shm (tmpfs pages count against the
+    limit) and Triton; the Deployment (request = limit), compose and prove.sh give the server exactly that."""
+    resources = server_container(manifests)["resources"]
+    assert quantity_bytes(resources["limits"]["memory"]) == quantity_bytes(resources["requests"]["memory"]) \
+        == contract.POD_MEMORY_BYTES
+    assert quantity_bytes(compose["services"]["triton"]["deploy"]["resources"]["limits"]["memory"]) == \
+        contract.POD_MEMORY_BYTES
+    assert quantity_bytes(re.search(r"--memory (\S+)", (DOCKER / "prove.sh").read_text())[1]) == contract.POD_MEMORY_BYTES
+    decoders = contract.PREPROCESS_INSTANCES + contract.MAP_PREPROCESS_INSTANCES
+    parts = decoders * (contract.DECODE_PEAK_BYTES + contract.STUB_RESTING_BYTES) + contract.SHM_LIMIT_BYTES + \
+        contract.SERVER_BYTES
+    assert parts <= contract.POD_MEMORY_BYTES < parts + 2**30
+    assert contract.DECODE_PEAK_BYTES >= contract.MAX_IMAGE_PIXELS * contract.DECODE_PEAK_BYTES_PER_PIXEL
 
 
 def test_grpc_connections_are_aged_so_new_replicas_get_traffic():
