@@ -112,3 +112,45 @@ def test_the_region_size_on_the_command_line_caps_what_the_server_process_may_gr
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "27"  # EFBIG
     assert path.stat().st_size == region
+
+
+def test_real_requests_that_succeed_stand_in_for_probes_and_failures_or_idleness_call_for_one():
+    """The watchdog reads the ensemble's request counters (Triton's statistics); here a small HTTP server
+    answers them as Triton's /v2/models/<model>/stats does."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    import threading
+
+    counts = {"success": 10, "fail": 0}
+
+    class Stats(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            body = json.dumps({"model_stats": [{"name": "iqa_degradation", "inference_stats": {
+                "success": {"count": counts["success"]}, "fail": {"count": counts["fail"]}}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    stats = ThreadingHTTPServer(("127.0.0.1", 0), Stats)
+    threading.Thread(target=stats.serve_forever, daemon=True).start()
+    try:
+        watchdog = Watchdog(f"127.0.0.1:{stats.server_address[1]}", server_pid=-1, access=AdminAccess(),
+                            idle_probe_interval_s=30.0)
+        assert watchdog._needs_probe(0.0), "not ready yet: only a probe can tell"
+        watchdog._set(True, "scored the probe image")
+        watchdog._evidence_at = 100.0
+        assert not watchdog._needs_probe(101.0)  # first look after a probe: a baseline
+        counts["success"] += 5
+        assert not watchdog._needs_probe(125.0) and watchdog._evidence_at == 125.0  # real requests scored
+        assert not watchdog._needs_probe(150.0)  # idle for 25 s: no probe yet
+        assert watchdog._needs_probe(155.0)  # idle for 30 s: probe
+        counts["fail"] += 1
+        assert watchdog._needs_probe(156.0)  # a request failed: probe at once
+        counts["success"] = 0  # the ensemble reloaded: its counters start again
+        assert watchdog._needs_probe(157.0)  # no evidence since 125 s: probe, whatever the counters say
+    finally:
+        stats.shutdown()
+        stats.server_close()
