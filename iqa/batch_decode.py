@@ -51,6 +51,7 @@ class RegionDecoder:
             raise ValueError(f"region decode device must be cpu, cuda or cuda:N, not {device!r}")
         self.device = device
         self.gpu = int(index or 0) if kind == "cuda" else None
+        self._check_decodes_on_device()
         if self.gpu is None:
             self.xp = np
         else:
@@ -60,7 +61,6 @@ class RegionDecoder:
                 raise RuntimeError(f"the region decode on {device} cuts patches with CuPy, which is not installed "
                                    f"here ({err}): pip install cupy-cuda13x (pyproject.toml, extra 'gpu')") from None
             self.xp = cupy
-        self._check_decodes_on_device()
 
     def _check_decodes_on_device(self) -> None:
         """Make the decoder and decode a small JPEG: on a GPU the result must lie in device memory."""
