@@ -266,7 +266,8 @@ class Watchdog:
         self.stubs = {model: len(pids) for model, pids in self._stub_pids.items()}
         with self._lock:
             self._started, self._not_ready_since = True, time.monotonic()
-        log.info("watchdog: probing %s every %.1f s; stubs watched: %s", ENSEMBLE_MODEL, self.probe_interval_s,
+        log.info("watchdog: %s's request counters every %.1f s, a probe inference when they show no success for "
+                 "%.0f s or a failure; stubs watched: %s", ENSEMBLE_MODEL, self.probe_interval_s, self.idle_probe_interval_s,
                  ", ".join(f"{model} ({count})" for model, count in sorted(self.stubs.items())) or "none")
         self._thread.start()
         return self
