@@ -11,9 +11,11 @@ neither file is written.
 Target runtime: the file is traced with torch 2.14.1 and served by the libtorch
 of the NGC image docker/ pins (`tritonserver:26.09-py3`, Triton 2.73.0, libtorch
 2.14.0a0). What decides whether a libtorch loads it is the archive's file-format
-`version` record (3 here: the module uses only long-stable operators, none with an
-operator upgrader: conv, batch norm, relu, add, mean, sigmoid, reshapes), which
-every libtorch 2.x reads (versions 1-10); torch 2.0.1, 2.8.0, 2.12.1 and 2.14.1
+`version` record (4 here: the writer records the newest operator version the module
+uses, and aten::div.Tensor, the patch-pooling mean's division, changed semantics at
+version 4, with an upgrader for older files: torch._C._get_operator_version_map()
+gives bumped_at_version 4, upgrader div_Tensor_0_3), which every libtorch 2.x reads
+(versions 1-10); torch 2.0.1, 2.8.0, 2.12.1 and 2.14.1
 load it and give identical outputs on CPU (checked 2026-11-30). tests/test_deploy.py
 checks the record against the image's libtorch.
 

@@ -46,7 +46,7 @@ docker build -f docker/Dockerfile -t "$IMAGE" .
 docker build -f docker/Dockerfile.locust -t "$CLIENT_IMAGE" docker
 
 step "run $NAME on $GPUS GPU(s), read-only, non-root"
-docker run -d --name "$NAME" --gpus "$GPUS" --shm-size 2048m --read-only --tmpfs /tmp \
+docker run -d --name "$NAME" --gpus "$GPUS" --shm-size 2048m --memory 14g --read-only --tmpfs /tmp \
     --ulimit memlock=-1 --ulimit stack=67108864 --security-opt no-new-privileges:true "$IMAGE" >/dev/null
 uid=$(docker exec "$NAME" id -u)
 [ "$uid" = "10001" ] || fail "the server runs as uid $uid, not 10001"

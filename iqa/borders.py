@@ -41,11 +41,10 @@ _CHUNK = 32
 
 
 def is_uniform(line) -> bool:
-    """Whether a line of pixels [N, C] (numpy or torch, any integer dtype) spreads at most BORDER_RANGE levels
-    in every channel. A line that is not uniform has no uniform superset: a sample of a line that spreads
-    more than BORDER_RANGE proves the whole line is content."""
-    spread = line.max(0) - line.min(0) if isinstance(line, np.ndarray) else line.amax(0) - line.amin(0)
-    return int(spread.max()) <= BORDER_RANGE
+    """Whether a line of pixels [N, C] (a numpy array, or CuPy's on a GPU; any integer dtype) spreads at most
+    BORDER_RANGE levels in every channel. A line that is not uniform has no uniform superset: a sample of a
+    line that spreads more than BORDER_RANGE proves the whole line is content."""
+    return int((line.max(0) - line.min(0)).max()) <= BORDER_RANGE
 
 
 def content_box(rgb: np.ndarray) -> tuple[int, int, int, int]:

@@ -50,7 +50,8 @@ PATCH_SHAPE = (PATCHES_PER_IMAGE, CHANNELS, PATCH_SIZE, PATCH_SIZE)
 PATCH_DTYPE = "uint8"  # values 0..255; the network scales them to [0, 1] itself
 
 # --- input guards ---------------------------------------------------------------
-# MAX_IMAGE_BYTES (encoded size) is part of the wire contract, above.
+# MAX_IMAGE_BYTES (encoded size, 32 MiB) is part of the wire contract, above: the client refuses larger images
+# before sending, the server with INVALID_ARGUMENT.
 MAX_IMAGE_PIXELS = 64_000_000  # decoded width * height (decompression bombs)
 MIN_IMAGE_SIDE = 32  # below this there is no texture to judge
 
@@ -76,6 +77,10 @@ DECODE_PIXEL_BUDGET = MAX_IMAGE_PIXELS
 # batch of preprocess holds at most this many images, whatever requests they came in. It bounds the
 # encoded bytes one execution holds in shared memory (below); the network batches its own way.
 MAX_REQUEST_ROWS = 8
+# The largest request body: MAX_REQUEST_ROWS images of MAX_IMAGE_BYTES, each with the 4-byte length
+# Triton's BYTES elements carry. Triton >= 2.59 refuses larger HTTP inputs with --http-max-input-size
+# (the image's loopback HTTP); no Triton release limits gRPC (2 GiB), see iqa.serving.watchdog.confine_regions.
+MAX_REQUEST_BYTES = MAX_REQUEST_ROWS * (MAX_IMAGE_BYTES + 4)
 NETWORK_MAX_BATCH = 32  # images per execution of iqa_resnet50 (GPU-sized; its own dynamic batching)
 
 # --- Python-backend shared memory (/dev/shm) ---------------------------------------------------
@@ -111,3 +116,25 @@ MAP_PREPROCESS_INSTANCES = 2
 # multiple of 256 MiB (a Kubernetes quantity): 2 GiB.
 _SHM_NEEDED_BYTES = (PREPROCESS_INSTANCES + MAP_PREPROCESS_INSTANCES) * SHM_DEFAULT_BYTES + 64 * 1024 * 1024
 SHM_LIMIT_BYTES = -(-_SHM_NEEDED_BYTES // (256 * 1024 * 1024)) * 256 * 1024 * 1024
+
+# --- the pod's memory (docker/k8s/deployment.yaml, docker/compose.yaml, docker/prove.sh) -------------------
+# Everything the server's container holds at its worst at once; tmpfs pages (/dev/shm) count against the
+# limit like any other memory. The sum, per part (GiB = 2**30 bytes):
+#   decoding: each preprocessing instance (PREPROCESS_INSTANCES + MAP_PREPROCESS_INSTANCES = 6) may hold one
+#     picture of MAX_IMAGE_PIXELS (64 Mpixel) or DECODE_PIXEL_BUDGET of smaller ones (a picture larger than
+#     the budget runs alone) at DECODE_PEAK_BYTES_PER_PIXEL (22: an RGBA picture composited over white; RGB
+#     measured 13.8, tests/test_decode_budget.py): 64e6 x 22 B = 1.31 GiB each, 7.87 GiB for six;
+#   the six stubs at rest (Python, numpy, Pillow, nvImageCodec): STUB_RESTING_BYTES each, 0.75 GiB
+#     (measured 52-105 MiB RSS per preprocessing stub, 2-vCPU VM, tritonserver 2.51);
+#   /dev/shm: SHM_LIMIT_BYTES, 2 GiB;
+#   tritonserver with libtorch, CUDA and cuDNN host memory and both networks: SERVER_BYTES, 3 GiB, an
+#     estimate (no GPU here to measure it; the CPU stand-in's network stubs take 0.9-1.4 GiB each);
+# in all 13.6 GiB, rounded up to a whole GiB: 14 GiB. The map instances share the 4-patch decoders' limits
+# (the same decode), so a smaller budget for them would not lower their peak: MAX_IMAGE_PIXELS does.
+DECODE_PEAK_BYTES_PER_PIXEL = 22
+STUB_RESTING_BYTES = 128 * 2**20
+SERVER_BYTES = 3 * 2**30
+DECODE_PEAK_BYTES = max(DECODE_PIXEL_BUDGET, MAX_IMAGE_PIXELS) * DECODE_PEAK_BYTES_PER_PIXEL  # per instance
+_POD_NEEDED_BYTES = ((PREPROCESS_INSTANCES + MAP_PREPROCESS_INSTANCES) * (DECODE_PEAK_BYTES + STUB_RESTING_BYTES)
+                     + SHM_LIMIT_BYTES + SERVER_BYTES)
+POD_MEMORY_BYTES = -(-_POD_NEEDED_BYTES // 2**30) * 2**30

@@ -161,6 +161,7 @@ class Plan:
     boxes: list[tuple[int, int]]  # (top, left) of each patch in the stored picture, in patch order
     regions: list[tuple[int, int, int, int]]  # (top, left, bottom, right) to decode
     orientation: int  # EXIF orientation as ImageOps.exif_transpose reads it (1 = as stored)
+    mode: str = "RGB"  # Pillow's mode of the frame: RGB (YCbCr or RGB data), L (grey) or CMYK (CMYK and YCCK)
 
     @property
     def pixels(self) -> int:
@@ -208,10 +209,10 @@ def plan(data: bytes, patch_origins: Callable[[int, int], list[tuple[int, int]]]
     area = sum((bottom - top) * (right - left) for top, left, bottom, right in regions)
     if not frame.progressive and area > MAX_REGION_SHARE * width * height:
         return None
-    return Plan(frame, boxes, regions, orientation)
+    return Plan(frame, boxes, regions, orientation, header.mode)
 
 
-def frame_is_content(plan: Plan, pixels: list) -> bool:
+def frame_is_content(plan: Plan, pixels: list, xp=np) -> bool:
     """Whether the decoded regions prove that iqa.borders trims nothing, so that the patches lie where
     plan() put them: the stored picture's outermost row is not uniform (so neither pair of edges it
     belongs to is trimmed) and neither are the outermost columns' pixels at the bands' rows (the other pair).
@@ -227,24 +228,17 @@ def frame_is_content(plan: Plan, pixels: list) -> bool:
         inner = region[(MARGIN if top > 0 else 0) : region.shape[0] - (MARGIN if bottom < height else 0)]
         lefts.append(inner[:, 0])
         rights.append(inner[:, -1])
-    xp = np if isinstance(pixels[0], np.ndarray) else _torch()
     return not is_uniform(xp.concatenate(lefts)) or not is_uniform(xp.concatenate(rights))
-
-
-def _torch():
-    import torch
-
-    return torch
 
 
 def cut(plan: Plan, pixels: list, xp=np):
     """The patches [K, 3, P, P] from the decoded regions ([h, w, 3] each, in plan.regions order), or None
     where the picture may have uniform borders (frame_is_content): then the full decode must place them.
 
-    `xp` is the array library of `pixels`: numpy on the CPU, torch for tensors on a GPU; the
-    orientation is applied with flips and quarter turns both have, as exif_transpose would.
+    `xp` is the array library of `pixels`, numpy's API: numpy on the CPU, CuPy on a GPU; the
+    orientation is applied with flips and quarter turns, as exif_transpose would.
     """
-    if not frame_is_content(plan, pixels):
+    if not frame_is_content(plan, pixels, xp):
         return None
     blocks = []
     for top, left in plan.boxes:
@@ -253,18 +247,14 @@ def cut(plan: Plan, pixels: list, xp=np):
         r_top, r_left = plan.regions[which][:2]
         block = pixels[which][top - r_top : top - r_top + PATCH_SIZE, left - r_left : left - r_left + PATCH_SIZE]
         blocks.append(_turn(block, plan.orientation, xp))
-    stacked = xp.stack(blocks)  # [K, P, P, 3]
-    return stacked.permute(0, 3, 1, 2).contiguous() if xp is not np else np.ascontiguousarray(stacked.transpose(0, 3, 1, 2))
+    return xp.ascontiguousarray(xp.stack(blocks).transpose(0, 3, 1, 2))  # [K, P, P, 3] -> [K, 3, P, P]
 
 
 def _turn(block, orientation: int, xp):
     """Pillow's transpose for `orientation` (ImageOps.exif_transpose) on an [h, w, c] array."""
     quarter_turns, mirror = _TURNS[orientation]
-    if xp is np:
-        block = np.rot90(block, quarter_turns) if quarter_turns else block
-        return block.swapaxes(0, 1) if mirror == "transpose" else np.flip(block, mirror) if mirror is not None else block
-    block = xp.rot90(block, quarter_turns, dims=(0, 1)) if quarter_turns else block
-    return block.transpose(0, 1) if mirror == "transpose" else xp.flip(block, dims=(mirror,)) if mirror is not None else block
+    block = xp.rot90(block, quarter_turns) if quarter_turns else block
+    return block.swapaxes(0, 1) if mirror == "transpose" else xp.flip(block, mirror) if mirror is not None else block
 
 
 def sample_patches(data: bytes, patch_origins: Callable[[int, int], list[tuple[int, int]]]) -> np.ndarray | None:
@@ -370,11 +360,17 @@ def _new_decoder():
         return made
 
 
-def batch_decoder(device):
-    """(decoder, params) decoding on `device` (a torch.device): nvJPEG on a GPU, with nvImageCodec's
-    hybrid and CPU backends for what the GPU refuses; libjpeg-turbo alone on "cpu". Raises if the
-    device's decoders cannot be loaded."""
-    return _make_decoder((device.index or 0) if device.type == "cuda" else None)
+def batch_decoder(gpu: int | None):
+    """(decoder, params) decoding on GPU `gpu` with nvImageCodec's GPU backends only (what they refuse
+    comes back None, for the CPU route), or with libjpeg-turbo when None. Raises if they cannot load."""
+    return _make_decoder(gpu)
+
+
+# nvImageCodec's GPU backends, first choice first: the hardware JPEG decoder (A100, H100, H200: its
+# JPEG engines, regions supported), then nvJPEG's CUDA decoder, then nvJPEG's hybrid (Huffman on the
+# CPU, the rest on the GPU). No CPU_ONLY: a batch the GPU cannot decode must take the CPU route with
+# the CPU route's budget and errors, not a silent CPU decode here (iqa.batch_decode.RegionDecoder).
+GPU_BACKENDS = ("HW_GPU_ONLY", "GPU_ONLY", "HYBRID_CPU_GPU")
 
 
 def _make_decoder(gpu: int | None):
@@ -392,9 +388,8 @@ def _make_decoder(gpu: int | None):
             decoder = nvimgcodec.Decoder(device_id=nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY, max_num_cpu_threads=1,
                                          backends=[nvimgcodec.Backend(kinds.CPU_ONLY)])
         else:
-            decoder = nvimgcodec.Decoder(device_id=gpu, backends=[
-                nvimgcodec.Backend(kinds.GPU_ONLY), nvimgcodec.Backend(kinds.HYBRID_CPU_GPU),
-                nvimgcodec.Backend(kinds.CPU_ONLY)])
+            decoder = nvimgcodec.Decoder(device_id=gpu, backends=[nvimgcodec.Backend(getattr(kinds, kind))
+                                                                  for kind in GPU_BACKENDS])
         params = nvimgcodec.DecodeParams(apply_exif_orientation=False, color_spec=nvimgcodec.ColorSpec.SRGB,
                                          allow_any_depth=False)
     return decoder, params

@@ -81,14 +81,19 @@ class DegradationNet(nn.Module):
         An image with no such patch at all gets NO_EVIDENCE_LOGIT: it scores 0.0 on every output,
         "no evidence of any degradation", rather than an invented one. Training pools the same way.
         """
-        # No dtype or constant tensor here: a trace would freeze it, and the fp16 export must stay fp16.
+        # No constant tensor here (a trace would freeze its device). The callers hand in fp32 logits.
         count = evidence.sum(dim=1, keepdim=True)  # [B, 1], integer
         mean = (patch_logits * evidence.unsqueeze(-1)).sum(dim=1) / count.clamp_min(1)
         return mean.masked_fill(count == 0, NO_EVIDENCE_LOGIT)
 
     def forward(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """uint8 patches [B, K, 3, P, P] -> (noise, blur, compression), each [B, 1] in [0, 1]."""
-        logits = self.patch_logits(patches.flatten(0, 1)).unflatten(0, (-1, PATCHES_PER_IMAGE))
+        """uint8 patches [B, K, 3, P, P] -> (noise, blur, compression), each fp32 [B, 1] in [0, 1]."""
+        # The trunk and heads run in the module's dtype (fp16 after .half()); pooling and the sigmoid run in
+        # fp32 whatever it is. In fp16 the sigmoid underflows to exactly 0.0 below a logit of about -17 (the
+        # smallest fp16 subnormal is 6e-8), so a picture with content could score what only "no evidence"
+        # may score (FLAT_PATCH_RANGE); in fp32 that takes a logit below about -88. `.float()` traces as a cast
+        # to fp32 on the input's own device: no device is frozen into the trace.
+        logits = self.patch_logits(patches.flatten(0, 1)).float().unflatten(0, (-1, PATCHES_PER_IMAGE))
         scores = torch.sigmoid(self.pool(logits, self.patch_evidence(patches)))
         noise, blur, compression = scores.split(1, dim=1)
         return noise, blur, compression
@@ -121,7 +126,7 @@ class CellMap(nn.Module):
         positions = grid.new_ones(MAX_CELLS).cumsum(dim=0) - 1
         valid = positions < grid.prod(dim=1, keepdim=True)  # [B, K]
         real = valid.flatten()
-        logits = self.net.patch_logits(cells.flatten(0, 1)[real])  # [real cells, 3]
+        logits = self.net.patch_logits(cells.flatten(0, 1)[real]).float()  # [real cells, 3]; fp32 as in DegradationNet
         cell_logits = logits.new_zeros(real.shape[0], logits.shape[1]).index_put((real,), logits)
         cell_logits = cell_logits.unflatten(0, valid.shape)  # [B, K, 3], zeros past the grid
         evidence = valid & self.net.patch_evidence(cells)  # [B, K]: real cells that are not flat

@@ -193,6 +193,54 @@ def gpu_decode_ceilings(size: str, images: list[bytes], batch: int, seconds: flo
     return rows
 
 
+FRAME = 16  # pixels of texture round a near-flat picture (near_flat_jpegs)
+
+
+def near_flat_jpegs(width: int = 1600, height: int = 1200) -> list[bytes]:
+    """Large JPEGs (the region route's sizes) of plain fills with a gentle ramp or a grain of 1 to 3 levels:
+    their patches lie on both sides of FLAT_PATCH_RANGE (2), where a decoder that differs by one level
+    (nvJPEG's IDCT against libjpeg-turbo's) flips a patch between "no evidence" and evidence, and a score
+    to or from 0.0. A textured frame of FRAME pixels runs round each, far from the patches: a picture whose
+    edges are uniform may have borders to trim (iqa.borders), and the region route leaves it to the CPU."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+    ramp = ((np.arange(width) // 48) % 3).astype(np.int16)[None, :, None]  # steps of 0, 1, 2: a spread of 2 per patch
+    out = []
+    for grain in (0, 1, 2, 3):
+        for fill in ((128, 128, 128), (40, 90, 200)):
+            noise = rng.integers(0, grain + 1, (height, width, 1), dtype=np.int16) if grain else \
+                np.broadcast_to(ramp, (height, width, 1))
+            pixels = np.clip(np.array(fill, np.int16) + noise, 0, 255).astype(np.uint8)
+            frame = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+            pixels[:FRAME], pixels[-FRAME:], pixels[:, :FRAME], pixels[:, -FRAME:] = \
+                frame[:FRAME], frame[-FRAME:], frame[:, :FRAME], frame[:, -FRAME:]
+            buffer = io.BytesIO()
+            Image.fromarray(pixels).save(buffer, "JPEG", quality=95)
+            out.append(buffer.getvalue())
+    return out
+
+
+def region_decode_agreement(decoder, images: list[bytes], model) -> dict:
+    """The batched region decode against the CPU route on the same JPEGs: the largest score difference
+    and how many pictures changed between "no evidence" (all 0.0) and a score. The GPU decode may be
+    turned on only within 0.01 and with no flip (iqa/batch_decode.py)."""
+    import torch
+
+    from iqa.preprocess import preprocess
+
+    routed = decoder(images)
+    pairs = [(got, preprocess(data)) for got, data in zip(routed, images) if got is not None]
+    if not pairs:
+        return {"pictures": 0, "max_abs_difference": 0.0, "no_evidence_flips": 0}
+    with torch.inference_mode():
+        device, cpu = (torch.cat(model(torch.from_numpy(np.stack(side))), dim=1).numpy() for side in zip(*pairs))
+    flips = int(np.sum((device == 0).all(axis=1) != (cpu == 0).all(axis=1)))
+    return {"pictures": len(pairs), "max_abs_difference": float(np.abs(device - cpu).max()), "no_evidence_flips": flips}
+
+
 def _sync(backend: str):
     if backend != "gpu":
         return lambda: None
@@ -252,6 +300,14 @@ def main(argv: list[str] | None = None) -> int:
             ceilings.update(preprocess_ceilings(size, batch, args.ceiling_seconds))
             if args.device.startswith("cuda"):
                 ceilings.update(gpu_decode_ceilings(size, batch, 32, args.ceiling_seconds))
+        if args.device.startswith("cuda"):
+            from iqa.batch_decode import RegionDecoder
+            from iqa.network import build_model
+
+            photos = [image for batch in images.values() for image in batch] + near_flat_jpegs()
+            results["region_decode_agreement"] = agreement = region_decode_agreement(
+                RegionDecoder("cuda:0"), photos, build_model(seed=0))
+            print(f"  GPU region decode against the CPU route (photos and near-flat pictures): {agreement}", flush=True)
         for label, value in ceilings.items():
             print(f"  ceiling {label:<62} {value:10.1f} img/s", flush=True)
     (args.out / "perf.json").write_text(json.dumps(results, indent=2))

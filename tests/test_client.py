@@ -469,3 +469,25 @@ def test_score_many_reads_its_input_lazily_so_memory_stays_bounded(client, photo
     assert isinstance(first, Scores)
     assert len(pulled) <= 2 * 2 + 1, f"read {len(pulled)} items ahead for concurrency 2"
     results.close()
+
+
+def test_an_image_over_the_size_limit_is_refused_before_sending():
+    """Nothing listens at the URL: the refusal can only come from the client, and it is a BadImageError."""
+    from iqa_client.contract import MAX_IMAGE_BYTES
+
+    url = f"127.0.0.1:{free_ports(1)[0]}"
+    too_large = b"\xff\xd8" + bytes(MAX_IMAGE_BYTES - 1)
+    with pytest.raises(BadImageError, match=f"more than the server's limit of {MAX_IMAGE_BYTES} bytes"):
+        IQAClient(url, timeout=2, connect=False).score(too_large)
+    (outcome,) = IQAClient(url, timeout=2, connect=False).score_many([too_large])
+    assert isinstance(outcome, BadImageError) and outcome.index == 0
+
+    async def run():
+        offline = AsyncIQAClient(url, timeout=2)  # not entered: connects on no call
+        try:
+            return await offline.score(too_large)
+        finally:
+            await offline.close()
+
+    with pytest.raises(BadImageError, match="not sent"):
+        asyncio.run(run())

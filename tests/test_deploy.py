@@ -379,6 +379,9 @@ def test_the_base_images_libtorch_reads_the_exported_models_file_format():
                      if n.endswith("/.data/version") or (n.endswith("/version") and n.count("/") == 1)]
         written = int(archive.read(record))
     assert written <= newest_readable, f"model.pt is file format {written}; {image}'s libtorch {libtorch} reads up to {newest_readable}"
+    # What the docs say is what the archive records.
+    assert f"The export writes format {written} " in (DOCKER / "README.md").read_text()
+    assert f"file format {written}, which every libtorch 2.x reads" in DOCKERFILE.read_text()
 
 
 def pins(requirements) -> dict[str, str]:
@@ -395,11 +398,12 @@ def pip_pins(path: Path) -> list[dict[str, str]]:
 
 
 def test_image_pins_are_the_projects():
-    project = pins(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"])
+    metadata = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    project = pins(metadata["dependencies"] + metadata["optional-dependencies"]["gpu"])
     export_stage, runtime = pip_pins(DOCKERFILE)
     for name in ("torch", "torchvision", "numpy", "pillow"):
         assert export_stage[name] == project[name], name
-    served = ("numpy", "pillow", "pillow-heif", "nvidia-nvimgcodec-cu13")
+    served = ("numpy", "pillow", "pillow-heif", "nvidia-nvimgcodec-cu13", "nvidia-nvjpeg", "cupy-cuda13x")
     assert runtime == {name: project[name] for name in served}, \
         "the runtime installs exactly what iqa.preprocess imports, at the project's pins"
     assert int(runtime["numpy"].split(".")[0]) < 2, "numpy 2 empties Python-backend outputs"
@@ -474,6 +478,60 @@ def test_the_runtime_image_holds_exactly_what_the_preprocess_model_and_the_watch
     assert not any("PYTHONPATH" in i.args for i in only(steps, "ENV", last)), "the stub would not see it"
 
 
+# What each third-party module the served Python code imports is installed as, in the image's Python.
+IMAGE_DISTRIBUTIONS = {"numpy": "numpy", "PIL": "pillow", "pillow_heif": "pillow-heif",
+                       "nvidia.nvimgcodec": "nvidia-nvimgcodec-cu13", "cupy": "cupy-cuda13x"}
+# Provided by the Python backend itself (the stub), not by a package.
+BACKEND_MODULES = {"triton_python_backend_utils"}
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every module `path` imports, at any depth of the file (functions included: a lazy import runs too)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names |= {f"{node.module}.{alias.name}" if node.module == "nvidia" else node.module for alias in node.names}
+    return names
+
+
+def third_party_imports(entry: Path) -> set[str]:
+    """The non-project, non-stdlib modules reachable from `entry` through the project's own modules."""
+    seen, todo, found = set(), [entry], set()
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for name in imports_of(path):
+            top = name.split(".")[0]
+            if top in ("iqa", "iqa_client"):
+                parts = name.split(".")
+                module = REPO.joinpath(*(["client"] if top == "iqa_client" else []), *parts)
+                todo += [p for p in (module.with_suffix(".py"), module / "__init__.py") if p.is_file()]
+            elif top not in sys.stdlib_module_names and top != "__future__":
+                found.add(name if top == "nvidia" else top)
+    return found
+
+
+def test_every_import_of_every_served_model_py_is_installed_in_the_image(tmp_path):
+    """Lazy imports included (RegionDecoder's used to import torch, which the image's Python lacks, so the GPU
+    decode silently never ran): each model.py's reachable third-party imports are packages the image installs."""
+    _, runtime = pip_pins(DOCKERFILE)
+    entries = sorted(DEFAULT_REPOSITORY.glob("*/1/model.py"))
+    assert len(entries) == 2, entries
+    for model_py in entries:
+        imported = third_party_imports(model_py) - BACKEND_MODULES
+        missing = {name for name in imported if IMAGE_DISTRIBUTIONS.get(name) not in runtime}
+        assert not missing, f"{model_py.relative_to(REPO)} imports {sorted(missing)}, which docker/Dockerfile does not install"
+    assert "cupy" in third_party_imports(DEFAULT_REPOSITORY / contract.PREPROCESS_MODEL / "1" / "model.py")
+    # The check sees a lazy import of a package the image lacks.
+    lazy = tmp_path / "lazy.py"
+    lazy.write_text("def f():\n    import torch\n    from nvidia import nvimgcodec\n")
+    assert third_party_imports(lazy) == {"torch", "nvidia.nvimgcodec"}
+
+
 # --- .dockerignore ----------------------------------------------------------------------------------
 
 
@@ -541,6 +599,9 @@ def test_ports_agree_everywhere(compose, manifests):
     options = flags(server_command(steps))
     assert {name: int(options[f"--{name}-port"][0]) for name in PORTS} == PORTS
     assert options["--http-port"] == [str(HTTP_PORT)] and options["--http-address"] == ["127.0.0.1"]
+    # Triton 2.73 (the image) refuses HTTP bodies above this before any model sees them (--http-max-input-size,
+    # from 2.59 on); gRPC has no such limit in any release, and confine_regions keeps a region from growing.
+    assert options["--http-max-input-size"] == [str(contract.MAX_REQUEST_BYTES)]
     assert options["--metrics-address"] == ["0.0.0.0"], "metrics would follow --http-address to the loopback"
     assert Ports() == Ports(http=HTTP_PORT, **PORTS), "the local launcher's defaults"
     (expose,) = only(steps, "EXPOSE", final_stage(steps))
@@ -616,8 +677,22 @@ def test_shared_memory_settings_are_the_ones_derived_in_the_contract(compose, ma
                              (contract.MAP_PREPROCESS_MODEL, contract.MAP_PREPROCESS_INSTANCES)):
         config = text_format.Parse((DEFAULT_REPOSITORY / model / "config.pbtxt").read_text(), pb.ModelConfig())
         assert sum(g.count for g in config.instance_group) == instances, model
-    memory_limit = quantity_bytes(server_container(manifests)["resources"]["limits"]["memory"])
-    assert memory_limit >= 4 * k8s_shm, "the Memory emptyDir counts against the container's memory limit"
+
+
+def test_the_memory_limit_is_the_sum_derived_in_the_contract(compose, manifests):
+    """iqa/contract.py adds up six decoders' worst decode, their stubs, /dev/shm (tmpfs pages count against the
+    limit) and Triton; the Deployment (request = limit), compose and prove.sh give the server exactly that."""
+    resources = server_container(manifests)["resources"]
+    assert quantity_bytes(resources["limits"]["memory"]) == quantity_bytes(resources["requests"]["memory"]) \
+        == contract.POD_MEMORY_BYTES
+    assert quantity_bytes(compose["services"]["triton"]["deploy"]["resources"]["limits"]["memory"]) == \
+        contract.POD_MEMORY_BYTES
+    assert quantity_bytes(re.search(r"--memory (\S+)", (DOCKER / "prove.sh").read_text())[1]) == contract.POD_MEMORY_BYTES
+    decoders = contract.PREPROCESS_INSTANCES + contract.MAP_PREPROCESS_INSTANCES
+    parts = decoders * (contract.DECODE_PEAK_BYTES + contract.STUB_RESTING_BYTES) + contract.SHM_LIMIT_BYTES + \
+        contract.SERVER_BYTES
+    assert parts <= contract.POD_MEMORY_BYTES < parts + 2**30
+    assert contract.DECODE_PEAK_BYTES >= contract.MAX_IMAGE_PIXELS * contract.DECODE_PEAK_BYTES_PER_PIXEL
 
 
 def test_grpc_connections_are_aged_so_new_replicas_get_traffic():

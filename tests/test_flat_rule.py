@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conversion import export
-from iqa.contract import PATCH_SHAPE
-from iqa.network import FLAT_PATCH_RANGE, build_model
+from iqa.contract import MAX_CELLS, PATCH_SHAPE
+from iqa.network import FLAT_PATCH_RANGE, CellMap, build_model
 from iqa.preprocess import sample_patches
 from training import train
 
@@ -85,3 +85,31 @@ def test_training_loss_ignores_pictures_without_evidence(model):
     trainable = build_model(seed=3).train()
     train.loss_fn(train.pooled_logits(trainable, patches), targets).backward()
     assert all(torch.isfinite(p.grad).all() for p in trainable.parameters() if p.grad is not None)
+
+
+def _strongly_negative(model):
+    """The network with every head's last bias at -40: every logit far below fp16's sigmoid underflow (~-17)."""
+    for head in model.heads:
+        torch.nn.init.constant_(head[-1].bias, -40.0)
+    return model
+
+
+def test_in_fp16_a_picture_with_content_never_scores_exactly_zero():
+    """Exactly 0.0 means "no evidence" (README): in fp16 a sigmoid of -20 is 0.0, so pooling and the sigmoid
+    must run in fp32 also when the network runs in half precision, eager, traced and the map."""
+    batch = _batch()
+    with torch.inference_mode():
+        logits = _strongly_negative(build_model(seed=3)).patch_logits(batch[0]).float()
+    assert (logits < -20).all() and torch.sigmoid(logits.half()).eq(0).all()  # what fp16 would have made of them
+    eager = _strongly_negative(build_model(seed=3)).half()
+    traced = export.trace(_strongly_negative(build_model(seed=3))).half()
+    cells = torch.zeros((1, MAX_CELLS, *PATCH_SHAPE[1:]), dtype=torch.uint8)
+    cells[0, :4] = batch[0]
+    cell_map = CellMap(_strongly_negative(build_model(seed=3))).half()
+    with torch.inference_mode():
+        for module in (eager, traced):
+            scores = torch.cat(module(batch), dim=1)
+            assert scores.dtype == torch.float32
+            assert (scores[[0, 2]] > 0).all() and scores[1].tolist() == [0.0, 0.0, 0.0]
+        cell_scores, *pooled = cell_map(cells, torch.tensor([[2, 2]], dtype=torch.int32))
+    assert (cell_scores[0, :4] > 0).all() and (torch.cat(pooled, dim=1) > 0).all()

@@ -56,3 +56,18 @@ def test_on_cpu_the_runner_scores_like_the_scripted_module_in_either_layout(scri
 def test_an_unknown_precision_is_refused_by_name(scripted):
     with pytest.raises(ValueError, match="fp32 or fp16"):
         NetworkRunner(scripted, torch.device("cpu"), precision="int8")
+
+
+def test_cuda_graphs_are_all_captured_at_start_largest_first_into_one_pool_and_never_on_a_request():
+    """Static (capture needs a GPU): the sizes are captured when the runner is made, the largest first, with a
+    shared pool, and the request path only looks graphs up."""
+    import inspect
+
+    from iqa.serving import network_runner
+
+    assert network_runner.capture_order([8, 1, 32, 2, 8]) == [32, 8, 2, 1]
+    call = inspect.getsource(NetworkRunner.__call__)
+    assert "_capture(" not in call and "CUDAGraph" not in call and "self._graphs.get(" in call
+    init = inspect.getsource(NetworkRunner.__init__)
+    assert "graph_pool_handle()" in init and "capture_order(self.graph_sizes)" in init
+    assert "pool=pool" in inspect.getsource(NetworkRunner._capture)

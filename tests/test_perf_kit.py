@@ -39,6 +39,15 @@ def test_the_gpu_scripts_pass_shellcheck():
         assert result.returncode == 0, f"{script}:\n{result.stdout}{result.stderr}"
 
 
+def test_the_gpu_scripts_need_no_unzip_which_a_bare_machine_may_lack(tmp_path):
+    """They unpack wheels with python3 -m zipfile (zipfile drops the executable bit: a chmod must follow)."""
+    for script in (REPO / "loadtest" / "gpu").glob("*.sh"):
+        code = [line for line in script.read_text().splitlines() if not line.lstrip().startswith("#")]
+        assert not any("unzip" in line.split("#")[0] for line in code), script.name
+    perf = (REPO / "loadtest" / "gpu" / "perf.sh").read_text()
+    assert "python3 -m zipfile -e" in perf and "chmod +x /tmp/perf-analyzer/perf_analyzer/bin/perf_analyzer" in perf
+
+
 def test_perf_sh_measures_the_served_ensemble_with_perf_analyzer_and_the_stage_ceilings(triton, tmp_path):
     if not PERF_ANALYZER.exists():
         pytest.fail(f"no perf_analyzer at {PERF_ANALYZER}: set PERF_ANALYZER (FINDINGS.md: shared/tools/perf_analyzer)")

@@ -123,3 +123,46 @@ def test_a_request_of_more_rows_than_the_limit_is_refused_by_the_server(client):
         client.infer(contract.ENSEMBLE_MODEL, [image_tensor(rows)], client_timeout=60)
     assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert f"must be <= {contract.MAX_REQUEST_ROWS}" in refused.value.message()
+
+
+def _padded(size: int) -> bytes:
+    """A JPEG (sheep.jpg followed by zeros, which decoders ignore after EOI) of exactly `size` bytes."""
+    photo = (DATA / "sheep.jpg").read_bytes()
+    return photo + bytes(size - len(photo))
+
+
+def test_an_image_just_over_the_limit_is_refused_by_name_and_its_batch_mates_are_scored(client, triton):
+    """One image of MAX_IMAGE_BYTES + 1 among normal ones sent at once (so that they can share a dynamic
+    batch): it alone gets INVALID_ARGUMENT naming the limit, the others their scores, and no region grows."""
+    over = _padded(contract.MAX_IMAGE_BYTES + 1)
+    normal = (DATA / "rocks.jpg").read_bytes()
+    answers: queue.Queue = queue.Queue()
+    sent = [over, normal, normal, normal]
+    for index, data in enumerate(sent):
+        client.async_infer(contract.ENSEMBLE_MODEL, [image_tensor([data])], client_timeout=300,
+                           callback=lambda result, error, index=index: answers.put((index, result, error)))
+    outcomes = {}
+    for _ in sent:
+        index, result, error = answers.get(timeout=360)
+        outcomes[index] = (result, error)
+    result, error = outcomes[0]
+    assert result is None and error.status() == "StatusCode.INVALID_ARGUMENT", error
+    assert f"more than the limit of {contract.MAX_IMAGE_BYTES} bytes" in error.message()
+    for index in range(1, len(sent)):
+        result, error = outcomes[index]
+        assert error is None, error
+        assert all(0.0 <= float(result.as_numpy(name)[0, 0]) <= 1.0 for name in contract.SCORE_NAMES)
+    assert set(_shm_regions(triton).values()) == {contract.SHM_DEFAULT_BYTES}, "a region grew"
+
+
+def test_a_request_larger_than_a_region_fails_without_growing_it_and_the_server_carries_on(client, triton):
+    """Triton has no gRPC request-size limit (2 GiB messages): a request larger than a whole region reaches
+    the Python backend, which would grow the region past /dev/shm (SIGBUS, an evicted pod). The launcher
+    caps the server's file sizes at the region size (watchdog.confine_regions): the execution fails with
+    an error, no region grows, and the next request is scored."""
+    with pytest.raises(InferenceServerException) as refused:
+        client.infer(contract.ENSEMBLE_MODEL, [image_tensor([_padded(contract.SHM_DEFAULT_BYTES)])], client_timeout=300)
+    assert "Failed to increase the shared memory pool size" in refused.value.message(), refused.value
+    assert set(_shm_regions(triton).values()) == {contract.SHM_DEFAULT_BYTES}, "a region grew"
+    result = client.infer(contract.ENSEMBLE_MODEL, [image_tensor([(DATA / "rocks.jpg").read_bytes()])], client_timeout=120)
+    assert 0.0 <= float(result.as_numpy("NOISE")[0, 0]) <= 1.0

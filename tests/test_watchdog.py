@@ -1,6 +1,9 @@
 """The watchdog's own decisions, checked without a server (tests/test_faults.py runs it against one)."""
 
+import functools
 import json
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -9,7 +12,17 @@ import pytest
 
 from iqa.contract import PATCH_SHAPE
 from iqa.preprocess import preprocess
-from iqa.serving.watchdog import PROBE_IMAGE, AdminAccess, HealthServer, Probe, Watchdog, remove_regions, shm_region_prefix
+from iqa.serving.watchdog import (
+    PROBE_IMAGE,
+    AdminAccess,
+    HealthServer,
+    Probe,
+    Watchdog,
+    confine_regions,
+    remove_regions,
+    shm_region_bytes,
+    shm_region_prefix,
+)
 
 
 def test_the_probe_image_is_one_the_preprocessing_accepts():
@@ -83,3 +96,61 @@ def test_stale_regions_are_found_by_the_prefix_on_the_server_command_line(tmp_pa
     for bad in ("", "../etc/", ".hidden"):
         with pytest.raises(ValueError, match="not a shared-memory region prefix"):
             remove_regions(bad, tmp_path)
+
+
+def test_the_region_size_on_the_command_line_caps_what_the_server_process_may_grow_a_file_to(tmp_path):
+    """What confine_regions does to the server: a file (a region) may be created at the start size, but
+    growing it fails with EFBIG instead of SIGXFSZ killing the process."""
+    region = 1024 * 1024
+    command = ["tritonserver", f"--backend-config=python,shm-default-byte-size={region}"]
+    assert shm_region_bytes(command) == region and shm_region_bytes(command[:1]) is None
+    path = tmp_path / "region"
+    grow = (f"import os\nf = os.open({str(path)!r}, os.O_RDWR | os.O_CREAT)\nos.ftruncate(f, {region})\n"
+            f"try:\n    os.ftruncate(f, {region} + 16 * 1024 * 1024)\nexcept OSError as err:\n    print(err.errno)\n")
+    done = subprocess.run([sys.executable, "-c", grow], capture_output=True, text=True, timeout=60,
+                          preexec_fn=functools.partial(confine_regions, region))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "27"  # EFBIG
+    assert path.stat().st_size == region
+
+
+def test_real_requests_that_succeed_stand_in_for_probes_and_failures_or_idleness_call_for_one():
+    """The watchdog reads the ensemble's request counters (Triton's statistics); here a small HTTP server
+    answers them as Triton's /v2/models/<model>/stats does."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    import threading
+
+    counts = {"success": 10, "fail": 0}
+
+    class Stats(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            body = json.dumps({"model_stats": [{"name": "iqa_degradation", "inference_stats": {
+                "success": {"count": counts["success"]}, "fail": {"count": counts["fail"]}}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    stats = ThreadingHTTPServer(("127.0.0.1", 0), Stats)
+    threading.Thread(target=stats.serve_forever, daemon=True).start()
+    try:
+        watchdog = Watchdog(f"127.0.0.1:{stats.server_address[1]}", server_pid=-1, access=AdminAccess(),
+                            idle_probe_interval_s=30.0)
+        assert watchdog._needs_probe(0.0), "not ready yet: only a probe can tell"
+        watchdog._set(True, "scored the probe image")
+        watchdog._evidence_at = 100.0
+        assert not watchdog._needs_probe(101.0)  # first look after a probe: a baseline
+        counts["success"] += 5
+        assert not watchdog._needs_probe(125.0) and watchdog._evidence_at == 125.0  # real requests scored
+        assert not watchdog._needs_probe(150.0)  # idle for 25 s: no probe yet
+        assert watchdog._needs_probe(155.0)  # idle for 30 s: probe
+        counts["fail"] += 1
+        assert watchdog._needs_probe(156.0)  # a request failed: probe at once
+        counts["success"] = 0  # the ensemble reloaded: its counters start again
+        assert watchdog._needs_probe(157.0)  # no evidence since 125 s: probe, whatever the counters say
+    finally:
+        stats.shutdown()
+        stats.server_close()

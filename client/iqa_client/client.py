@@ -39,7 +39,7 @@ from iqa_client import degradation_map
 from iqa_client.channel import ChannelOptions, channel_arguments, diagnose, grpc_target
 from iqa_client.contract import (
     CELL_BOXES, CELL_SCORES, ENSEMBLE_MODEL, GRID, IMAGE_INPUT, IMAGE_SIZE, MAP_MODEL, MAP_OUTPUTS,
-    OVERLOAD_MESSAGES, SCORE_NAMES,
+    MAX_IMAGE_BYTES, OVERLOAD_MESSAGES, SCORE_NAMES,
 )
 from iqa_client.degradation_map import DegradationMap
 from iqa_client.errors import (
@@ -91,6 +91,13 @@ class Health:
 
 
 # --- what both clients share: request, response, errors ------------------------------------
+
+
+def _check_size(data: bytes, index, source) -> None:
+    """Refuse, before sending, an image the server would refuse for its size (BadImageError)."""
+    if len(data) > MAX_IMAGE_BYTES:
+        raise BadImageError(f"image is {len(data)} bytes, more than the server's limit of {MAX_IMAGE_BYTES} bytes "
+                            f"({MAX_IMAGE_BYTES // 2**20} MiB); not sent", index=index, source=source)
 
 
 def _inputs(data: bytes) -> list[grpcclient.InferInput]:
@@ -382,6 +389,7 @@ class IQAClient:
         return _map(result, self.url, self.map_model, data, index, source)
 
     def _infer(self, model: str, outputs, data: bytes, timeout: float | None, *, index, source):
+        _check_size(data, index, source)
         deadline = _Deadline(timeout or self.timeout)
         for attempt in range(self.retry.attempts):
             try:
@@ -589,6 +597,7 @@ class AsyncIQAClient:
         return _map(result, self.url, self.map_model, data, index, source)
 
     async def _infer(self, model: str, outputs, data: bytes, timeout: float | None, *, index, source):
+        _check_size(data, index, source)
         deadline = _Deadline(timeout or self.timeout)
         for attempt in range(self.retry.attempts):
             try:

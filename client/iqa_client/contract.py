@@ -6,8 +6,10 @@ Defined here, in the lightest package, and re-exported by the server side
 
 ENSEMBLE_MODEL = "iqa_degradation"
 IMAGE_INPUT = "IMAGE"  # BYTES, dims [1]: one encoded image per batch row
-# The largest encoded image the server decodes (iqa.preprocess refuses more); the client's URL
-# downloads stop at the same size.
+# The largest encoded image the server scores. The server refuses a larger one with INVALID_ARGUMENT,
+# and this client refuses it before sending (BadImageError), its URL downloads stop at the same size:
+# every byte sent lands in the shared memory the server sized for images up to this size (iqa/contract.py
+# derives those sizes from it).
 MAX_IMAGE_BYTES = 32 * 1024 * 1024
 
 # The encoded formats the server decodes, as Pillow names them: HEIF covers the HEIC files iPhones

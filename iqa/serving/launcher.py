@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -58,7 +59,9 @@ from iqa.serving.watchdog import (
     HealthServer,
     Watchdog,
     answers_200,
+    confine_regions,
     remove_regions,
+    shm_region_bytes,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -481,7 +484,8 @@ class TritonServer:
         try:
             # Own session: a Ctrl-C in the terminal reaches the launcher, which drains the server itself.
             self.process = subprocess.Popen(args, env=env, stdout=output, stderr=subprocess.STDOUT if output else None,
-                                            start_new_session=True, preexec_fn=_terminate_with_parent)
+                                            start_new_session=True,
+                                            preexec_fn=functools.partial(_prepare_server_process, shm_region_bytes(args)))
         finally:
             if output:
                 output.close()
@@ -628,6 +632,13 @@ def _process_exists(pid: int) -> bool:
 _JANITOR = ('while kill -0 "$1" 2>/dev/null; do sleep 1; done; '
             'while kill -0 "$2" 2>/dev/null; do sleep 1; done; '
             'kill -KILL "-$2" 2>/dev/null; rm -f /dev/shm/"$3"*')
+
+
+def _prepare_server_process(region_bytes: int) -> None:
+    """In the child before exec: die with the launcher, and keep every Python-backend region at the
+    size it starts with (watchdog.confine_regions: an oversized request fails, no region grows)."""
+    _terminate_with_parent()
+    confine_regions(region_bytes)
 
 
 def _terminate_with_parent() -> None:

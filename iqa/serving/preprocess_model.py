@@ -5,7 +5,7 @@ an image that cannot be decoded fails its own request and no other in the batch.
 makes of one image (its `prepare`) lives in iqa.preprocess; its model.py only names it.
 """
 
-import os
+import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,6 +14,7 @@ import triton_python_backend_utils as pb_utils
 
 from iqa.contract import IMAGE_INPUT
 from iqa.preprocess import ImageError
+from iqa.serving.cpu_limit import decode_threads
 
 
 class PreprocessModel:
@@ -29,9 +30,12 @@ class PreprocessModel:
     prepare: Callable[[bytes], tuple[np.ndarray, ...]]
 
     def initialize(self, args):
-        # Pillow's decoders release the GIL, so a dynamic batch decodes in parallel.
-        threads = len(os.sched_getaffinity(0))
-        self.pool = ThreadPoolExecutor(max_workers=max(1, min(threads, 8)), thread_name_prefix="decode")
+        # Pillow's decoders release the GIL, so a dynamic batch decodes in parallel (decode_threads).
+        config = json.loads(args["model_config"])
+        explicit = config.get("parameters", {}).get("decode_threads", {}).get("string_value", "")
+        instances = sum(int(group.get("count", 1)) for group in config.get("instance_group", [])) or 1
+        self.threads = int(explicit) if explicit else decode_threads(instances)
+        self.pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="decode")
 
     def execute(self, requests):
         images = [pb_utils.get_input_tensor_by_name(r, IMAGE_INPUT).as_numpy().reshape(-1) for r in requests]

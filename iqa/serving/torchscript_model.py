@@ -28,6 +28,10 @@ import triton_python_backend_utils as pb_utils
 from iqa.serving.network_runner import NetworkRunner, parse_sizes
 
 
+# The config's input types the networks take (iqa_resnet50: UINT8 patches; the map's cells and grid).
+_TORCH_DTYPES = {"TYPE_UINT8": torch.uint8, "TYPE_INT32": torch.int32, "TYPE_FP32": torch.float32}
+
+
 def _parameter(config: dict, key: str, default: str) -> str:
     return config.get("parameters", {}).get(key, {}).get("string_value", default)
 
@@ -54,7 +58,9 @@ class TritonPythonModel:
                                         channels_last=_flag(config, "channels_last", False),
                                         graph_sizes=parse_sizes(sizes) if sizes else None,
                                         inference_mode=_flag(config, "INFERENCE_MODE", True),
-                                        optimized=not _flag(config, "DISABLE_OPTIMIZED_EXECUTION", False))
+                                        optimized=not _flag(config, "DISABLE_OPTIMIZED_EXECUTION", False),
+                                        input_shape=tuple(int(d) for d in config["input"][0]["dims"]),
+                                        input_dtype=_TORCH_DTYPES[config["input"][0]["data_type"]])
         except ValueError as err:
             raise pb_utils.TritonModelException(str(err)) from None
         self.input_names = [tensor["name"] for tensor in config["input"]]

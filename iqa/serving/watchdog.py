@@ -4,8 +4,10 @@ Triton keeps answering ready when a Python-backend stub process dies (SIGKILL, t
 every later request to that model fails with "Stub process '<model>_0_0' is not healthy" while
 /v2/health/ready says true. The watchdog watches what Triton does not:
 
-- the stub processes of the Python-backend models (children of tritonserver), every half second;
-- a real inference of a small built-in image through the public ensemble, every `probe_interval_s`.
+- the stub processes of the Python-backend models (children of tritonserver), every quarter second;
+- that the public ensemble scores: real requests that succeeded (Triton's counters, every
+  `probe_interval_s`), or else a real inference of a small built-in image (while not ready, when
+  requests fail, and at least every `idle_probe_interval_s` of an idle server).
 
 A dead or unhealthy stub is recovered by unloading and loading its model (the server runs in
 explicit model-control mode; the model-repository API is restricted to a secret header that the
@@ -27,6 +29,7 @@ import json
 import logging
 import os
 import re
+import resource
 import secrets
 import signal
 import struct
@@ -171,6 +174,28 @@ def python_stubs(server_pid: int) -> dict[str, list[int]]:
     return stubs
 
 
+def stub_alive(pid: int, server_pid: int) -> bool:
+    """Whether `pid` is still a live (not zombie) child of tritonserver `server_pid`: one file read."""
+    try:
+        state, parent = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[:2]
+    except OSError:
+        return False
+    return state != "Z" and int(parent) == server_pid
+
+
+def served_counts(http_url: str, timeout_s: float, model: str = ENSEMBLE_MODEL) -> tuple[int, int] | None:
+    """(successful, failed) inference requests `model` has answered since it was loaded (Triton's statistics
+    extension, GET /v2/models/<model>/stats), or None when the server does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://{http_url}/v2/models/{model}/stats", timeout=timeout_s) as response:
+            stats = json.loads(response.read())["model_stats"]
+        counts = [(int(s["inference_stats"]["success"]["count"]), int(s["inference_stats"]["fail"]["count"]))
+                  for s in stats]
+    except (urllib.error.URLError, OSError, ValueError, KeyError, TypeError):
+        return None
+    return (sum(c[0] for c in counts), sum(c[1] for c in counts)) if counts else None
+
+
 def _admin_call(http_url: str, path: str, access: AdminAccess, timeout_s: float) -> None:
     request = urllib.request.Request(f"http://{http_url}{path}", data=b"{}", method="POST",
                                      headers={**access.http_headers, "Content-Type": "application/json"})
@@ -200,15 +225,30 @@ class Watchdog:
 
     watchdog = Watchdog(server.http_url, server.process.pid, access).start()
     watchdog.verdict()   # Verdict(ready=True, live=True, reason="scored the probe image")
+
+    Evidence of health, cheapest first (a probe costs a whole inference: on the CPU default a fifth of a
+    core at one every 2 s):
+    - every poll_s, whether the stub PIDs it knows are alive (one /proc file each; a full /proc scan
+      only at start and after a reload);
+    - every probe_interval_s, the ensemble's request counters (Triton's statistics): real requests that
+      succeeded since the last look count as a passed probe;
+    - a probe inference: while not ready (at start, after a reload or a failure), at once when the
+      counters show failed requests, and otherwise when nothing has shown the service working for
+      idle_probe_interval_s (an idle server: one probe per that interval instead of one per 2 s).
     """
 
     # probe_timeout_s: longer than the longest wait the queue policy lets an accepted request have
     # (2 x 5 s of queue plus a batch), so a probe under overload is answered or refused, not cut off.
     def __init__(self, http_url: str, server_pid: int, access: AdminAccess, *, probe_interval_s: float = 2.0,
-                 probe_timeout_s: float = 30.0, give_up_after_s: float = 60.0, poll_s: float = 0.25,
-                 reload_backoff_s: float = 5.0) -> None:
+                 idle_probe_interval_s: float = 30.0, probe_timeout_s: float = 30.0, give_up_after_s: float = 60.0,
+                 poll_s: float = 0.25, reload_backoff_s: float = 5.0) -> None:
         self.http_url, self.server_pid, self.access = http_url, server_pid, access
         self.probe_interval_s, self.probe_timeout_s = probe_interval_s, probe_timeout_s
+        self.idle_probe_interval_s = idle_probe_interval_s
+        self._stub_pids: dict[str, list[int]] = {}
+        self._counts: tuple[int, int] | None = None  # the ensemble's (success, fail) at the last look
+        self._evidence_at = float("-inf")  # when a probe passed or real requests last succeeded
+        self.probes = 0  # probe inferences sent (BENCHMARKS.md, idle CPU)
         self.give_up_after_s, self.poll_s, self.reload_backoff_s = give_up_after_s, poll_s, reload_backoff_s
         self._next_reload = 0.0
         self.stubs: dict[str, int] = {}  # model -> how many stubs it runs (one per instance), learnt at start
@@ -222,10 +262,12 @@ class Watchdog:
         self._probes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="iqa-probe")
 
     def start(self) -> Watchdog:
-        self.stubs = {model: len(pids) for model, pids in python_stubs(self.server_pid).items()}
+        self._stub_pids = python_stubs(self.server_pid)
+        self.stubs = {model: len(pids) for model, pids in self._stub_pids.items()}
         with self._lock:
             self._started, self._not_ready_since = True, time.monotonic()
-        log.info("watchdog: probing %s every %.1f s; stubs watched: %s", ENSEMBLE_MODEL, self.probe_interval_s,
+        log.info("watchdog: %s's request counters every %.1f s, a probe inference when they show no success for "
+                 "%.0f s or a failure; stubs watched: %s", ENSEMBLE_MODEL, self.probe_interval_s, self.idle_probe_interval_s,
                  ", ".join(f"{model} ({count})" for model, count in sorted(self.stubs.items())) or "none")
         self._thread.start()
         return self
@@ -256,23 +298,50 @@ class Watchdog:
                 self._not_ready_since = time.monotonic()
             self._ready, self._reason = ready, reason
 
+    def _dead_stubs(self) -> list[str]:
+        """Models with fewer live stubs than instances: the known PIDs first, a full scan when one is gone."""
+        if all(stub_alive(pid, self.server_pid) for pids in self._stub_pids.values() for pid in pids) and \
+                all(len(self._stub_pids.get(model, ())) >= count for model, count in self.stubs.items()):
+            return []
+        self._stub_pids = python_stubs(self.server_pid)
+        return sorted(model for model, count in self.stubs.items() if len(self._stub_pids.get(model, ())) < count)
+
+    def _needs_probe(self, now: float) -> bool:
+        """Look at the ensemble's counters; True when only a probe inference can tell."""
+        counts = served_counts(self.http_url, min(self.probe_timeout_s, 5.0))
+        last, self._counts = self._counts, counts
+        if not self._ready or counts is None or last is None or counts < last:  # counters reset by a reload
+            return not self._ready or counts is None or now - self._evidence_at >= self.idle_probe_interval_s
+        if counts[1] > last[1]:
+            return True  # real requests failed: find out why
+        if counts[0] > last[0]:
+            self._evidence_at = now  # real requests were scored: as good as a passed probe
+            return False
+        return now - self._evidence_at >= self.idle_probe_interval_s
+
     def _run(self) -> None:
         pending: Future | None = None
-        next_probe = 0.0
+        next_look = 0.0
         while not self._stop.wait(self.poll_s):
             if self._draining:
                 continue
-            alive = python_stubs(self.server_pid)
-            dead = sorted(model for model, count in self.stubs.items() if len(alive.get(model, ())) < count)
+            dead = self._dead_stubs()
             if dead and time.monotonic() >= self._next_reload:
                 self._recover(dead, f"stub process of {', '.join(dead)} died")
-                pending, next_probe = None, 0.0  # a probe in flight saw the old state
+                self._stub_pids = python_stubs(self.server_pid)
+                pending, next_look = None, 0.0  # a probe in flight saw the old state
                 continue
-            if pending is None and time.monotonic() >= next_probe:
-                pending = self._probes.submit(probe, self.http_url, self.probe_timeout_s)
+            now = time.monotonic()
+            if pending is None and now >= next_look:
+                next_look = now + self.probe_interval_s
+                if self._needs_probe(now):
+                    self.probes += 1
+                    pending = self._probes.submit(probe, self.http_url, self.probe_timeout_s)
             if pending is not None and pending.done():
                 result, pending = pending.result(), None
-                next_probe = time.monotonic() + self.probe_interval_s
+                self._counts = None  # the probe itself counts as a request: look afresh next time
+                if result.ok:
+                    self._evidence_at = time.monotonic()
                 self._judge(result)
 
     def _judge(self, result: Probe) -> None:
@@ -351,6 +420,34 @@ def answers_200(url: str) -> bool:
 
 SHM_DIR = Path("/dev/shm")
 _SHM_PREFIX_FLAG = re.compile(r"--backend-config=python,shm-region-prefix-name=(?P<prefix>.+)")
+_SHM_DEFAULT_FLAG = re.compile(r"--backend-config=python,shm-default-byte-size=(?P<bytes>\d+)")
+
+
+def shm_region_bytes(command: list[str]) -> int | None:
+    """The Python backend's region start size on a tritonserver command line
+    (`--backend-config=python,shm-default-byte-size=N`), or None when it is not set."""
+    sizes = [int(match["bytes"]) for arg in command if (match := _SHM_DEFAULT_FLAG.fullmatch(arg))]
+    return sizes[-1] if sizes else None
+
+
+def confine_regions(region_bytes: int) -> None:
+    """Run in the server's process before exec (Popen preexec_fn): no Python-backend region can grow
+    past its start size, so an oversized request fails instead of taking the pod's memory.
+
+    Triton has no request-size limit in front of the Python backend: gRPC takes messages up to 2 GiB
+    (server src/common.h MAX_GRPC_MESSAGE_SIZE = INT32_MAX, src/grpc/grpc_server.cc SetMaxMessageSize;
+    2.51 and 2.73 alike), HTTP has --http-max-input-size only from 2.59 on (server commit af8bb9302), and
+    the backend copies every input into its instance's region before model code sees it (python_backend
+    src/python_be.cc GetInputTensor -> PbTensor::SaveToSharedMemory), growing the region by ftruncate
+    when it does not fit (src/shm_manager.h Construct -> GrowIfNeeded), with no upper bound. A region is
+    a file: with RLIMIT_FSIZE at the start size that ftruncate fails with EFBIG (Linux
+    inode_newsize_ok; SIGXFSZ, which would kill the server, is ignored here and stays ignored across
+    exec), the backend reports "Failed to increase the shared memory pool size" for that execution,
+    and the server and its other executions carry on. Files the server writes are capped alike (its
+    log, when stdout is a file: keep it below the region size).
+    """
+    resource.setrlimit(resource.RLIMIT_FSIZE, (region_bytes, region_bytes))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
 
 def shm_region_prefix(command: list[str]) -> str | None:
@@ -413,7 +510,9 @@ def main(argv: list[str] | None = None) -> int:
             log.warning("removed %d shared-memory region(s) an earlier server left in %s (killed before it could "
                         "remove them): %s", len(stale), SHM_DIR, ", ".join(sorted(stale)))
     access = AdminAccess()
-    server = subprocess.Popen([*command, *access.server_flags()])
+    region_bytes = shm_region_bytes(command)
+    server = subprocess.Popen([*command, *access.server_flags()],
+                              preexec_fn=(lambda: confine_regions(region_bytes)) if region_bytes else None)
     http_url = f"127.0.0.1:{args.http_port}"
     watchdog = Watchdog(http_url, server.pid, access, give_up_after_s=args.give_up_after)
     health = HealthServer(watchdog, args.health_port).start()

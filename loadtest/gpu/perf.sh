@@ -19,7 +19,9 @@ out=${OUT:-/tmp/iqa-gpu-out}; mkdir -p "$out"
 if [ "$setup" = 1 ]; then
   # shellcheck source=loadtest/gpu/setup.sh
   source "$(dirname "$0")/setup.sh" || exit 2
-  unzip -q -o "$carry"/wheels/perf_analyzer-*.whl -d /tmp/perf-analyzer || exit 2
+  # python3 -m zipfile, not unzip, which a bare machine may lack (as prepare_carry.sh); zipfile drops the
+  # executable bit, hence the chmod.
+  python3 -m zipfile -e "$carry"/wheels/perf_analyzer-*.whl /tmp/perf-analyzer || exit 2
   chmod +x /tmp/perf-analyzer/perf_analyzer/bin/perf_analyzer
   export PERF_ANALYZER=${PERF_ANALYZER:-/tmp/perf-analyzer/perf_analyzer/bin/perf_analyzer}
   device=cuda

@@ -13,7 +13,7 @@ download() {
     --platform manylinux_2_35_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 \
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$1" "${@:2}"
 }
-download "$carry/wheels" numpy==1.26.4 tritonclient==2.73.0 python-rapidjson==1.25
+download "$carry/wheels" numpy==1.26.4 tritonclient==2.73.0 python-rapidjson==1.25 nvidia-nvjpeg==13.0.4.44
 # perf_analyzer (loadtest/gpu/perf.sh): its wheel needs glibc 2.38, which the GPU machine has.
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_38_x86_64 \
   -d "$carry/wheels" perf-analyzer==2.60.0
@@ -29,8 +29,11 @@ for lib in "$work"/x/nvidia_pytriton.libs/*; do
 done
 tar -C "$work/x" -cJf "$carry/tritonserver-min.tar.xz" "${keep[@]}"
 # nvImageCodec (pyproject.toml's pin) for Python 3.12, cut to the JPEG decoders: libjpeg-turbo on the CPU
-# and nvJPEG on the GPU (setup.sh links torchvision's libnvjpeg beside it). No nvidia/__init__.py: the
-# machine's own nvidia.* packages share that namespace.
+# and nvJPEG on the GPU (libnvjpeg.so.13 from the nvidia-nvjpeg wheel above, installed where the
+# extension's RUNPATH looks). No nvidia/__init__.py: the machine's own nvidia.* packages share that namespace.
+# CuPy (the GPU region decode's patch cutting) does not fit beside the rest: .gpu-carry-cupy, a run of its own.
+rm -rf .gpu-carry-cupy && mkdir -p .gpu-carry-cupy
+download .gpu-carry-cupy cupy-cuda13x==13.6.0 fastrlock==0.8.4
 download "$work" nvidia-nvimgcodec-cu13==0.9.0.20
 python3 -m zipfile -e "$work"/nvidia_nvimgcodec_cu13-*.whl "$work/n"
 tar -C "$work/n" -cJf "$carry/nvimgcodec-min.tar.xz" nvidia/nvimgcodec/__init__.py \

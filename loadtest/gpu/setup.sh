@@ -7,10 +7,18 @@ tar -C "$site" -xJf "$carry/tritonserver-min.tar.xz"
 python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" "$carry"/wheels/{numpy,tritonclient,python_rapidjson}-*.whl
 if [ -f "$carry/nvimgcodec-min.tar.xz" ]; then
   tar -C "$site" -xJf "$carry/nvimgcodec-min.tar.xz"
-  # nvImageCodec's nvJPEG extension looks for libnvjpeg.so.13 in nvidia/nvjpeg/lib beside it; torchvision
-  # on this machine bundles one (its CUDA 13 build).
-  nvjpeg=$(python3 -c 'import glob, os, torchvision; print((glob.glob(os.path.join(os.path.dirname(torchvision.__file__) + ".libs", "libnvjpeg*.so*")) or [""])[0])')
-  if [ -n "$nvjpeg" ]; then mkdir -p "$site/nvidia/nvjpeg/lib" && ln -sf "$nvjpeg" "$site/nvidia/nvjpeg/lib/libnvjpeg.so.13"; fi
+  # nvImageCodec's nvJPEG extension dlopens libnvjpeg.so.13 through its RUNPATH, whose only site-packages
+  # entry for it is $ORIGIN/../../cu13/lib = nvidia/cu13/lib (tests/test_batch_decode.py reads it): the
+  # pinned nvidia-nvjpeg wheel's layout. Elsewhere it is never found, the GPU decoders never register,
+  # and RegionDecoder("cuda") refuses to start.
+  if compgen -G "$carry/wheels/nvidia_nvjpeg-*.whl" > /dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" "$carry"/wheels/nvidia_nvjpeg-*.whl
+  fi
+fi
+# CuPy cuts the decoded regions on the GPU (iqa/batch_decode.py): 55 MB, carried in a run of its own
+# (.gpu-carry-cupy, prepare_carry.sh) while the machine stays up.
+if compgen -G ".gpu-carry-cupy/cupy_cuda13x-*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" .gpu-carry-cupy/{cupy_cuda13x,fastrlock}-*.whl
 fi
 # The stub embeds the first python3 on PATH and ignores PYTHONPATH: a .pth in that interpreter's
 # site-packages puts numpy 1.26 (numpy 2 empties stub outputs), tritonclient and this repository first.

@@ -5,10 +5,11 @@ dynamic batch), the batching and the per-request errors (a bad image fails its o
 in the dynamic batch) in iqa.serving.preprocess_model.
 
 Config parameter `region_decode_device` (absent: every image alone on the CPU, iqa.preprocess):
-"cuda" (this instance's GPU) or "cuda:N" decodes the batch's JPEG patch regions together with nvJPEG
+"cuda" (this instance's GPU) or "cuda:N" decodes the batch's JPEG patch regions together on the GPU
 (iqa.batch_decode.RegionDecoder); "cpu" runs the same batched code on nvImageCodec's CPU backend
 (how tests/test_batch_decode.py serves it). Whatever it cannot decode takes the CPU route with the
-CPU route's errors. Absent from the committed config until measured on a GPU.
+CPU route's errors. A device that cannot decode fails the model's load: asked for the GPU, it never
+serves from the CPU unannounced. Absent from the committed config until measured on a GPU.
 """
 
 import json
@@ -34,9 +35,9 @@ class TritonPythonModel(PreprocessModel):
             device = f"cuda:{args.get('model_instance_device_id', 0)}" if device == "cuda" else device
             try:
                 self.region_decoder = RegionDecoder(device)
-                pb_utils.Logger.log_info(f"iqa_preprocess: JPEG patch regions decoded in batches on {device}")
-            except Exception as err:  # the CPU route serves everything
-                pb_utils.Logger.log_warn(f"iqa_preprocess: no batched decode on {device} ({type(err).__name__}: {err})")
+            except (RuntimeError, ValueError) as err:
+                raise pb_utils.TritonModelException(f"iqa_preprocess: region_decode_device {device}: {err}") from None
+            pb_utils.Logger.log_info(f"iqa_preprocess: JPEG patch regions decoded in batches on {device}")
 
     def prepare_batch(self, payloads):
         outcomes = preprocess_batch(payloads, self.region_decoder, self.pool.map)
