@@ -324,11 +324,15 @@ def cmd_video(client, args) -> int:
         print(report.to_json(indent=2))
     else:
         print(f"{report.path}: {len(report.frames)} frames over {report.duration_s or 0:.1f} s, "
-              f"{report.frames_failed} failed")
+              f"{report.frames_failed} failed, {report.frames_no_evidence} with no evidence (flat, "
+              f"left out of mean and p{report.percentile:g})")
         if report.mean:
             for label, scores in (("mean", report.mean), (f"p{report.percentile:g}", report.worst)):
                 print(f"  {label:<5} noise {scores.noise:.3f}  blur {scores.blur:.3f}  "
                       f"compression {scores.compression:.3f}")
+        elif report.frames_no_evidence:
+            print("  no frame holds evidence of any degradation (black or flat): no mean or "
+                  f"p{report.percentile:g}")
         for frame in report.frames:
             if frame.error:
                 print(f"  frame at {frame.time_s:.3f} s failed: {frame.error}")

@@ -10,7 +10,8 @@ Every call has a timeout (the client's default or the call's own). Transient sta
 (UNAVAILABLE, RESOURCE_EXHAUSTED, and CANCELLED by a server shutting down) are retried with jittered exponential backoff inside that
 timeout, and so is NOT_FOUND "has no available versions", which a server answers while it unloads
 or reloads the model (graceful shutdown, recovery); nothing else is retried (a bad image stays bad).
-Failures are IQAError subclasses.
+Between tries a lost connection is waited for, up to the deadline (a server restarting under the
+client). Failures are IQAError subclasses.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
+import grpc
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
@@ -63,7 +66,14 @@ Progress = Callable[[int, int | None], None]  # (done, total or None)
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Retries for transient gRPC statuses only, always within the call's timeout."""
+    """Retries for transient gRPC statuses only, always within the call's timeout.
+
+    attempts: tries in all, the first included. Before each retry the client pauses (jittered exponential
+    backoff) and then, if the channel has lost its connection (the server is down or restarting), waits
+    for it to connect again, up to the call's deadline: a call made while the server restarts succeeds
+    as soon as it is back within the timeout, and fails with ServerUnreachableError at the deadline if
+    it is not. The channel tries to reconnect at least once a second (channel.channel_arguments).
+    """
 
     attempts: int = 4
     initial_backoff_s: float = 0.1
@@ -301,7 +311,7 @@ class IQAClient:
 
         sampled, times, pixels, on_progress = _video_plan(path, fps, frames, progress)
         outcomes = list(self.iter_score_many(pixels, concurrency=concurrency, timeout=timeout, progress=on_progress))
-        return video.report(path, sampled.duration_s, times, outcomes, percentile)
+        return video.report(path, sampled.duration_s, times, outcomes, percentile, sampled.start_s)
 
     def _item(self, score, index: int, image: ImageLike, timeout: float | None):
         try:
@@ -339,7 +349,17 @@ class IQAClient:
                 if pause is None:
                     raise _error(err, self.url, model, index, source) from None
                 time.sleep(pause)
+                if not self._channel_ready(deadline):
+                    raise _error(err, self.url, model, index, source) from None
         raise AssertionError("unreachable")
+
+    def _channel_ready(self, deadline: _Deadline) -> bool:
+        """Wait, at most until the deadline, for the gRPC channel to be connected (at once if it is)."""
+        try:
+            grpc.channel_ready_future(self._grpc._channel).result(timeout=max(deadline.left(), 0.0))
+            return True
+        except grpc.FutureTimeoutError:
+            return False
 
     def close(self) -> None:
         self._grpc.close()
@@ -358,6 +378,12 @@ class AsyncIQAClient:
     """The asyncio twin of IQAClient: same arguments, same results, `await` on each call.
 
     Call `await client.connect()` (or use `async with`) to check the server and model first.
+
+    Event loops: the client may be built anywhere, inside a running loop or not. gRPC's asyncio channels
+    belong to the loop they are made in, so the client opens its channel in the loop of its first call,
+    and a call from another loop (a second `asyncio.run`, a loop in another thread) gets a channel of
+    its own in that loop. `close()` closes the channel of the loop that calls it and lets go of those
+    whose loops have ended; a closed client opens a new channel on its next call.
     """
 
     def __init__(self, url: str = DEFAULT_URL, *, model: str = ENSEMBLE_MODEL, timeout: float = 30.0,
@@ -368,9 +394,24 @@ class AsyncIQAClient:
         self.url, self.model, self.timeout, self.retry = url, model, timeout, retry
         self.map_model, self._map_checked = map_model, False
         self.headers = dict(headers or {})
-        self._grpc = grpcaio.InferenceServerClient(url, ssl=ssl, root_certificates=root_certificates,
-                                                   private_key=private_key, certificate_chain=certificate_chain,
-                                                   channel_args=channel_arguments(channel_options))
+        for pem in (root_certificates, private_key, certificate_chain):
+            if pem is not None:
+                Path(pem).read_bytes()  # a missing file fails here, as it does for IQAClient, not at first use
+        self._settings = dict(url=url, ssl=ssl, root_certificates=root_certificates, private_key=private_key,
+                              certificate_chain=certificate_chain, channel_args=channel_arguments(channel_options))
+        self._channels: dict[asyncio.AbstractEventLoop, grpcaio.InferenceServerClient] = {}
+
+    @property
+    def _grpc(self) -> grpcaio.InferenceServerClient:
+        """tritonclient's asyncio client for the running loop, made on its first use there."""
+        loop = asyncio.get_running_loop()
+        client = self._channels.get(loop)
+        if client is None:
+            for ended in [other for other in self._channels if other.is_closed()]:
+                # Its channel cannot be awaited any more; grpc closes it when it is collected.
+                del self._channels[ended]
+            client = self._channels[loop] = grpcaio.InferenceServerClient(**self._settings)
+        return client
 
     async def connect(self, timeout: float | None = None, *, map: bool = False) -> None:
         """Check that the server is live and that the model is ready and is the expected contract.
@@ -477,7 +518,7 @@ class AsyncIQAClient:
         sampled, times, pixels, on_progress = _video_plan(path, fps, frames, progress)
         outcomes = [o async for o in self.iter_score_many(pixels, concurrency=concurrency, timeout=timeout,
                                                           progress=on_progress)]
-        return video.report(path, sampled.duration_s, times, outcomes, percentile)
+        return video.report(path, sampled.duration_s, times, outcomes, percentile, sampled.start_s)
 
     async def _item(self, score, index: int, image: ImageLike, timeout: float | None):
         try:
@@ -515,10 +556,25 @@ class AsyncIQAClient:
                 if pause is None:
                     raise _error(err, self.url, model, index, source) from None
                 await asyncio.sleep(pause)
+                if not await self._channel_ready(deadline):
+                    raise _error(err, self.url, model, index, source) from None
         raise AssertionError("unreachable")
 
+    async def _channel_ready(self, deadline: _Deadline) -> bool:
+        """Wait, at most until the deadline, for the gRPC channel to be connected (at once if it is)."""
+        try:
+            await asyncio.wait_for(self._grpc._channel.channel_ready(), timeout=max(deadline.left(), 0.0))
+            return True
+        except asyncio.TimeoutError:
+            return False
+
     async def close(self) -> None:
-        await self._grpc.close()
+        """Close the channel of the running loop (and let go of those of loops that have ended)."""
+        client = self._channels.pop(asyncio.get_running_loop(), None)
+        for ended in [other for other in self._channels if other.is_closed()]:
+            del self._channels[ended]
+        if client is not None:
+            await client.close()
 
     async def __aenter__(self) -> AsyncIQAClient:
         await self.connect()

@@ -8,6 +8,7 @@ never adds compression artefacts of its own to what it measures.
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import struct
@@ -25,7 +26,13 @@ def to_bytes(image: ImageLike) -> bytes:
     if isinstance(image, (bytes, bytearray, memoryview)):
         return bytes(image)
     if isinstance(image, (str, os.PathLike)):
-        return Path(image).read_bytes()
+        try:
+            return Path(image).read_bytes()
+        except OSError:
+            hint = _text_encoding_hint(image) if isinstance(image, str) else None
+            if hint:
+                raise ValueError(hint) from None
+            raise
     if isinstance(image, np.ndarray):
         return png_from_array(image)
     if hasattr(image, "mode") and hasattr(image, "save"):  # PIL.Image.Image, without importing Pillow
@@ -33,10 +40,31 @@ def to_bytes(image: ImageLike) -> bytes:
     raise TypeError(f"cannot score a {type(image).__name__}: pass a path, bytes, a PIL image or an HxWx3 uint8 array")
 
 
+# How the accepted formats start (contract.ACCEPTED_FORMATS); HEIF and AVIF files open with an ISO
+# base-media 'ftyp' box, its name at bytes 4-7.
+_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"RIFF", b"BM", b"II*\x00", b"MM\x00*")
+
+
+def _text_encoding_hint(text: str) -> str | None:
+    """Why a string that names no file may be the picture itself, written as text (a data: URL, base64)."""
+    stripped = text.strip()
+    if stripped[:5].lower() == "data:":
+        return ("a data: URL is the picture written as text, not a path: pass the bytes it encodes, "
+                "base64.b64decode(url.split(',', 1)[1])")
+    try:
+        head = base64.b64decode("".join(stripped.split())[:32], validate=True)
+    except ValueError:  # binascii.Error included
+        return None
+    if head.startswith(_SIGNATURES) or head[4:8] == b"ftyp":
+        return "this is base64 text of an image, not a path: pass the bytes it encodes, base64.b64decode(text)"
+    return None
+
+
 def describe(image: ImageLike) -> str:
     """A short name for an input, for error messages."""
     if isinstance(image, (str, os.PathLike)):
-        return str(image)
+        name = str(image)  # a picture passed as text (a data: URL) would fill the message
+        return name if len(name) <= 200 else f"{name[:60]}... ({len(name)} characters)"
     if isinstance(image, np.ndarray):
         return f"array {'x'.join(map(str, image.shape))} {image.dtype}"
     if isinstance(image, (bytes, bytearray, memoryview)):
