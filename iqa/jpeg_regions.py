@@ -416,3 +416,56 @@ class _stderr_to_debug_log:
         if text:
             log.debug("nvImageCodec at start-up: %s", text)
         return False
+
+
+def scans_complete(data: bytes) -> bool:
+    """Whether a JPEG that ends without EOI holds every scan its frame needs, up to its last one.
+
+    True when the bytes run from SOI through one Huffman frame (sequential or progressive, 8-bit) and
+    end inside the entropy-coded data of a scan, and the scans so far cover the whole frame: in a
+    sequential frame every component is in a scan; in a progressive one every coefficient (0-63) of
+    every component has reached full precision (a scan with Al = 0 over it). Whether that last scan is
+    itself whole only the decoder can tell (iqa.preprocess._jpeg_without_end_marker asks it). False for
+    anything else, a file cut between two scans of a progressive frame included.
+    """
+    size = len(data)
+    if size < 4 or data[:2] != b"\xff\xd8":
+        return False
+    components: list[int] = []
+    full: dict[int, set[int]] = {}  # component -> coefficients at full precision
+    progressive, markers, pos = False, None, 2
+    while pos < size - 1:
+        if data[pos] != 0xFF:
+            return False
+        while pos < size - 1 and data[pos + 1] == 0xFF:  # fill bytes
+            pos += 1
+        marker, pos = data[pos + 1], pos + 2
+        if marker == _EOI or pos + 2 > size:
+            return False
+        end = pos + int.from_bytes(data[pos : pos + 2], "big")
+        if end > size or end < pos + 2:
+            return False
+        segment = data[pos + 2 : end]
+        if marker in _SOF:
+            if components or marker not in (*_SEQUENTIAL, _PROGRESSIVE) or len(segment) < 6 or segment[0] != 8:
+                return False
+            progressive = marker == _PROGRESSIVE
+            components = [segment[6 + 3 * i] for i in range(segment[5]) if 8 + 3 * i < len(segment)]
+            full = {component: set() for component in components}
+        elif marker == _SOS:
+            count = segment[0] if segment else 0
+            if not components or len(segment) < 1 + 2 * count + 3:
+                return False
+            start, stop, approximation = segment[1 + 2 * count : 4 + 2 * count]
+            if approximation & 0x0F == 0:  # Al = 0: these coefficients are now at full precision
+                band = range(0, 64) if not progressive else range(start, min(stop, 63) + 1)
+                for component in segment[1 : 1 + 2 * count : 2]:
+                    full.get(component, set()).update(band)
+            if markers is None:
+                markers = _entropy_markers(data, end)
+            after = np.searchsorted(markers, end)
+            if after == len(markers):  # the data ends inside this scan
+                return all(len(coefficients) == 64 for coefficients in full.values())
+            end = int(markers[after])
+        pos = end
+    return False

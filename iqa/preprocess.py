@@ -7,6 +7,9 @@ them see exactly the same pixels.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import io
 import logging
 import re
@@ -79,9 +82,12 @@ def decode(data: bytes) -> np.ndarray:
     """Encoded image bytes -> upright RGB pixels, uint8 [H, W, 3].
 
     Accepts ACCEPTED_FORMATS. Applies EXIF orientation (HEIF: the container's
-    rotation and mirroring), takes the first frame of animations and the primary
-    image of a HEIF collection, composites transparency over white and maps
-    palette, grey, 16-bit, 10/12-bit (HEIF, AVIF) and CMYK images to 8-bit RGB.
+    rotation and mirroring), takes the first displayed frame of animations (an APNG's
+    first animation frame where its default image is not part of the animation) and the
+    primary image of a HEIF collection, composites transparency over white and maps
+    palette, grey, 16-bit, 10/12-bit (HEIF, AVIF), 32-bit float (0.0 black, 1.0 white,
+    clipped) and CMYK images to 8-bit RGB. A JPEG missing only its end-of-image marker
+    decodes as the complete file would (see _jpeg_without_end_marker).
     Raises ImageError with a message naming the problem.
     """
     if len(data) == 0:
@@ -100,7 +106,13 @@ def decode(data: bytes) -> np.ndarray:
                 )
             # Opening stands on the picture a viewer shows: the first frame of animations and page
             # sets, the primary image of a HEIF collection (not always its first, so no seek(0)).
-            with DECODE_BUDGET.hold(width * height):  # waits while other threads hold many pixels
+            # An APNG may say that its default image is not part of the animation (no fcTL chunk before
+            # its IDAT): APNG-aware viewers never show it and start at the first animation frame
+            # (Pillow's frame 1, composed on the canvas), which costs the default image's pixels too.
+            skip_default = image.format == "PNG" and bool(image.info.get("default_image")) and image.n_frames > 1
+            with DECODE_BUDGET.hold(width * height * (2 if skip_default else 1)):  # waits while others hold many
+                if skip_default:
+                    image.seek(1)
                 image.load()
                 ImageOps.exif_transpose(image, in_place=True)  # not a copy of the whole picture
                 rgb = _to_rgb(image)
@@ -119,7 +131,42 @@ def decode(data: bytes) -> np.ndarray:
     except (OSError, SyntaxError, ValueError, EOFError, RuntimeError) as err:
         # Pillow reports truncated and corrupt streams as OSError / SyntaxError; pillow-heif reports
         # libheif's refusals (security limits, allocation) as RuntimeError.
+        if data[:2] == _SOI and not data.endswith(_EOI):
+            return _jpeg_without_end_marker(data, err)
         raise ImageError(f"corrupt or truncated image data: {err}") from None
+
+
+_SOI, _EOI = b"\xff\xd8", b"\xff\xd9"
+# Two runs of bytes whose bits differ everywhere (01010101, 10101010), neither holding 0xFF (a marker's
+# first byte): entropy-coded data to a decoder still reading a scan, skipped as junk by one that is not.
+_SCAN_FILLERS = (b"\x55" * 64, b"\xaa" * 64)
+
+
+def _jpeg_without_end_marker(data: bytes, err: Exception) -> np.ndarray:
+    """A JPEG that ends without its end-of-image marker (EOI): its pixels if only that marker is missing,
+    else ImageError (truncated).
+
+    The marker carries no picture data, and browsers and libjpeg-based tools show such files. But the same
+    symptom has a file cut inside its picture data, which libjpeg completes with grey rows or coarser
+    detail (Pillow's LOAD_TRUNCATED_IMAGES does the same): a score of those pixels would be a wrong one.
+    So the file is scored only where it holds every scan its frame needs (jpeg_regions.scans_complete)
+    and its last scan is whole. The last test is the decoder's own: decoded with EOI appended, and again
+    with filler bytes before the EOI, a whole scan gives the same pixels (the decoder has finished and
+    skips the filler as junk), a cut one does not (the filler becomes picture data). The pixels are then
+    those of the complete file: three decodes, each under the decode budget, only for such files.
+    """
+    cut = "corrupt or truncated image data: the JPEG is truncated inside its picture data"
+    body = data[:-1] if data.endswith(b"\xff") else data  # the first byte of a cut-off EOI
+    if not jpeg_regions.scans_complete(body):
+        raise ImageError(f"corrupt or truncated image data: {err}")
+    try:
+        digests = {hashlib.blake2b(decode(body + filler + _EOI).tobytes()).digest() for filler in _SCAN_FILLERS}
+        rgb = decode(body + _EOI)
+    except ImageError as other:
+        raise ImageError(f"{cut} ({other})") from None
+    if digests != {hashlib.blake2b(rgb.tobytes()).digest()}:
+        raise ImageError(f"{cut} (its last scan is cut short; {err})")
+    return rgb
 
 
 def _unidentified(data: bytes) -> str:
@@ -128,12 +175,43 @@ def _unidentified(data: bytes) -> str:
         if data.startswith(signature):
             return (f"{name} is not accepted: accepted formats are {_ACCEPTED_NAMES}; convert it to PNG, "
                     "which keeps every artefact the scores measure")
-    prefix = data[:16]
-    for name in _DECODERS:  # each plugin's own signature check, as Image.open makes it
+    name = _format_by_signature(data[:16])
+    if name is not None:
+        return f"corrupt or truncated image data: it starts as {name} but its decoder cannot read it"
+    return f"not a recognised image: {_text_encoding_hint(data) or ''}accepted formats are {_ACCEPTED_NAMES}"
+
+
+def _format_by_signature(prefix: bytes) -> str | None:
+    """The accepted format whose signature `prefix` starts with (each plugin's own check, as Image.open makes it)."""
+    for name in _DECODERS:
         accept = Image.OPEN[name][1]
         if accept is not None and accept(prefix) is True:
-            return f"corrupt or truncated image data: it starts as {name} but its decoder cannot read it"
-    return f"not a recognised image: accepted formats are {_ACCEPTED_NAMES}"
+            return name
+    return None
+
+
+_BASE64_TEXT = re.compile(rb"[A-Za-z0-9+/_-]{24,}={0,2}")
+
+
+def _text_encoding_hint(data: bytes) -> str | None:
+    """What to do when the bytes are an image written as text (a data: URL, base64): JSON APIs and
+    browsers hand pictures over that way, and sending the text instead of the bytes is a common slip."""
+    head = data[:256].lstrip()
+    if head[:5].lower() == b"data:":
+        return ("these bytes are a data: URL (text), not the image: send the bytes it encodes "
+                "(base64-decode what follows 'base64,'); ")
+    text = b"".join(head.split())[:64]
+    if not _BASE64_TEXT.fullmatch(text):
+        return None
+    try:
+        decoded = base64.b64decode(text[: len(text) // 4 * 4].replace(b"-", b"+").replace(b"_", b"/"), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    name = _format_by_signature(decoded[:16]) or next(
+        (refused for signature, refused in REFUSED_SIGNATURES if decoded.startswith(signature)), None)
+    if name is None:
+        return None
+    return f"these bytes are base64 text of a {name} image, not the image: send the decoded bytes; "
 
 
 def _to_rgb(image: Image.Image) -> np.ndarray:
@@ -144,11 +222,7 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
         grey = np.clip(np.rint(grey), 0, 255).astype(np.uint8)
         return np.repeat(grey[:, :, None], 3, axis=2)
     if mode == "F":
-        grey = np.asarray(image, dtype=np.float64)
-        if grey.size and np.nanmax(grey) <= 1.0:
-            grey = grey * 255.0
-        grey = np.clip(np.nan_to_num(np.rint(grey)), 0, 255).astype(np.uint8)
-        return np.repeat(grey[:, :, None], 3, axis=2)
+        return np.repeat(_float_to_8_bits(np.array(image, dtype=np.float32))[:, :, None], 3, axis=2)
     if mode == "P" or mode == "PA":
         image = image.convert("RGBA")
     elif mode in ("LA", "La", "RGBa"):
@@ -158,6 +232,24 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, image)
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def _float_to_8_bits(grey: np.ndarray) -> np.ndarray:
+    """32-bit float grey (TIFF's IEEE floating-point samples, Pillow mode "F") -> uint8, on a fixed scale.
+
+    0.0 is black and 1.0 white, the convention of float pictures (Photoshop's and GIMP's 32-bit modes,
+    ImageMagick's floating-point TIFF, OpenEXR); values outside it are clipped, as an image viewer shows
+    them (a highlight above 1.0 is white). The scale is fixed: no value rescales the others, so one pixel
+    at 1.02 changes that pixel alone. NaN and infinities are not light levels and are refused by name.
+    """
+    finite = np.isfinite(grey)
+    if not finite.all():
+        count = grey.size - int(np.count_nonzero(finite))
+        raise ImageError(f"float picture holds NaN or infinite values in {count} pixel{'s' if count > 1 else ''}: "
+                         "they are no light levels; replace them (0.0 black to 1.0 white) to score it")
+    np.clip(grey, 0.0, 1.0, out=grey)
+    grey *= 255.0
+    return np.rint(grey, out=grey).astype(np.uint8)
 
 
 def sample_patches(rgb: np.ndarray) -> np.ndarray:

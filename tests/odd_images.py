@@ -5,6 +5,7 @@ Each case maps to None (it must be scored) or to a phrase its error message must
 
 from __future__ import annotations
 
+import base64
 import functools
 import io
 import struct
@@ -121,6 +122,39 @@ def jpeg_xl_like() -> bytes:
     return b"\x00\x00\x00\x0cJXL \r\n\x87\n" + b"\x00\x00\x00\x14ftypjxl \x00\x00\x00\x00jxl " + bytes(200)
 
 
+def float_grey(scale: float = 1.0, at_0_0: float | None = None) -> np.ndarray:
+    """The photo in grey as float32 light levels, 0.0 black to `scale` white; one pixel set to `at_0_0`."""
+    grey = np.asarray(photo().convert("L"), dtype=np.float32) / 255 * scale
+    if at_0_0 is not None:
+        grey[0, 0] = at_0_0
+    return grey
+
+
+def float_tiff(values: np.ndarray) -> bytes:
+    """A 32-bit float grey TIFF (IEEE floating-point samples: Pillow mode "F"), as scientific and HDR tools write."""
+    return encode(Image.fromarray(values.astype(np.float32), "F"), "TIFF")
+
+
+def apng(default_image: bool) -> tuple[bytes, Image.Image]:
+    """(an animated PNG of three frames, the first frame an APNG-aware viewer shows). With default_image, the
+    file's default image (the photo) is not part of the animation, which starts with the photo turned."""
+    turned = photo().rotate(180)
+    data = encode(photo(), "PNG", save_all=True, append_images=[turned, photo().convert("L").convert("RGB")],
+                  default_image=default_image, duration=100, loop=0)
+    return data, turned if default_image else photo()
+
+
+def jpeg_without_end_marker(progressive: bool = False, cut: int = 2) -> bytes:
+    """The photo as a JPEG whose last `cut` bytes are missing: 2 is its end-of-image marker (EOI) alone."""
+    return encode(photo(), "JPEG", quality=90, progressive=progressive)[:-cut]
+
+
+def as_text(data: bytes, data_url: bool = False) -> bytes:
+    """Image bytes written as base64 text, or as a data: URL, as JSON APIs and browsers hand them over."""
+    text = base64.b64encode(data)
+    return b"data:image/png;base64," + text if data_url else text
+
+
 # name -> (bytes factory, None to be scored | phrase the error must contain)
 CASES = {
     "zero_bytes": (lambda: b"", "empty input"),
@@ -156,6 +190,24 @@ CASES = {
                                    "decompression bomb guard"),
     "avif_declaring_10000x10000": (lambda: declaring_size(encode(even_photo(), "AVIF"), 10000, 10000),
                                    "decompression bomb guard"),
+    # 32-bit float grey TIFF: 0.0 black, 1.0 white, clipped outside; NaN and infinities refused
+    "float_tiff_0_to_1": (lambda: float_tiff(float_grey()), None),
+    "float_tiff_one_pixel_at_1_02": (lambda: float_tiff(float_grey(at_0_0=1.02)), None),
+    "float_tiff_0_to_4": (lambda: float_tiff(float_grey(scale=4.0)), None),
+    "float_tiff_nan": (lambda: float_tiff(float_grey(at_0_0=float("nan"))), "NaN or infinite values in 1 pixel:"),
+    "float_tiff_infinity": (lambda: float_tiff(float_grey(at_0_0=float("inf"))), "NaN or infinite"),
+    # APNG: the first frame an APNG-aware viewer shows
+    "apng_default_image_outside_the_animation": (lambda: apng(default_image=True)[0], None),
+    "apng_default_image_in_the_animation": (lambda: apng(default_image=False)[0], None),
+    # a JPEG missing only its end marker is whole; one cut inside its picture data is not
+    "jpeg_without_end_marker": (jpeg_without_end_marker, None),
+    "progressive_jpeg_without_end_marker": (lambda: jpeg_without_end_marker(progressive=True), None),
+    "jpeg_cut_inside_its_last_scan": (lambda: jpeg_without_end_marker(cut=6), "truncated"),
+    "progressive_jpeg_cut_inside_its_last_scan": (lambda: jpeg_without_end_marker(progressive=True, cut=6),
+                                                  "truncated"),
+    # an image sent as text gets told so
+    "base64_text_of_a_png": (lambda: as_text(encode(photo(), "PNG")), "these bytes are base64 text of a PNG image"),
+    "data_url_of_a_png": (lambda: as_text(encode(photo(), "PNG"), data_url=True), "these bytes are a data: URL"),
     # refused, and named
     "jpeg2000": (lambda: encode(photo(), "JPEG2000"), "JPEG 2000 is not accepted"),
     "jpeg2000_codestream": (lambda: encode(photo(), "JPEG2000", no_jp2=True), "JPEG 2000 is not accepted"),

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import csv
 import io
 import json
 import sys
+import threading
 import time
+from dataclasses import astuple
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -491,3 +495,147 @@ def test_an_image_over_the_size_limit_is_refused_before_sending():
 
     with pytest.raises(BadImageError, match="not sent"):
         asyncio.run(run())
+
+
+# --- video: black frames, and streams that do not start at 0 s (issue 25) --------------------------------
+
+
+def encode_h264(path, frames: list[np.ndarray], rate: int = 10, start_s: float = 0.0) -> None:
+    """An H.264 video (x264, as cameras and phones write) of `frames`, its first timestamp at `start_s`
+    (MPEG-TS streams, HLS segments and cut recordings do not start at 0 s)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=rate, options={"crf": "18"})
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        for index, pixels in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            frame.pts, frame.time_base = round(start_s * rate) + index, Fraction(1, rate)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+
+
+def noisy_frames(count: int, sigma: float = 25.0) -> list[np.ndarray]:
+    photo = np.asarray(Image.open(DATA / "sheep.jpg").convert("RGB").crop((0, 0, 512, 288)), dtype=np.float64)
+    rng = np.random.default_rng(0)
+    return [np.clip(photo + rng.normal(0, sigma, photo.shape), 0, 255).astype(np.uint8) for _ in range(count)]
+
+
+def video_json_lines(out: str) -> tuple[list[dict], dict]:
+    """`iqa video --json`'s JSON Lines: one object per frame, then {"summary": ...}."""
+    *rows, last = [json.loads(line) for line in out.splitlines()]
+    return rows, last["summary"]
+
+
+def test_black_frames_are_reported_as_no_evidence_and_left_out_of_mean_and_p95(client, triton, tmp_path, capsys):
+    video = tmp_path / "black_then_noisy.mp4"
+    encode_h264(video, [np.zeros((288, 512, 3), np.uint8)] * 20 + noisy_frames(20), rate=10)  # 2 s + 2 s
+
+    report = client.score_video(video, fps=5)
+    assert [round(f.time_s, 1) for f in report.frames] == [round(0.2 * i, 1) for i in range(20)]
+    black = [f for f in report.frames if f.time_s < 2.0]
+    noisy = [f for f in report.frames if f.time_s >= 2.0]
+    assert all(f.no_evidence and f.scores == Scores(0.0, 0.0, 0.0) for f in black)
+    assert not any(f.no_evidence for f in noisy) and report.frames_no_evidence == len(black) == 10
+    values = np.array([[f.scores.noise, f.scores.blur, f.scores.compression] for f in noisy])
+    assert np.allclose(astuple(report.mean), values.mean(axis=0))
+    assert np.allclose(astuple(report.worst), np.percentile(values, 95, axis=0))
+    assert report.mean.noise > 0.5  # what the noisy half reads, not half of it
+
+    assert cli.main(["video", str(video), "--fps", "5", "--url", triton.grpc_url]) == 0
+    text = capsys.readouterr().out
+    assert "20 frames over 4.0 s, 0 failed, 10 with no evidence (flat, left out of mean and p95)" in text, text
+    assert f"mean  noise {report.mean.noise:.3f}" in text, text
+    assert cli.main(["video", str(video), "--fps", "5", "--json", "--url", triton.grpc_url]) == 0
+    rows, parsed = video_json_lines(capsys.readouterr().out)
+    assert parsed["frames_no_evidence"] == 10 and parsed["frames_scored"] == 20
+    assert [row["no_evidence"] for row in rows] == [True] * 10 + [False] * 10
+    assert parsed["mean"]["noise"] == pytest.approx(report.mean.noise, abs=TOLERANCE)
+
+    # A clip with no evidence at all has no mean to report, and says so; nothing failed.
+    dark = tmp_path / "black.mp4"
+    encode_h264(dark, [np.zeros((288, 512, 3), np.uint8)] * 10)
+    assert cli.main(["video", str(dark), "--frames", "4", "--url", triton.grpc_url]) == 0
+    text = capsys.readouterr().out
+    assert "4 with no evidence" in text and "no frame holds evidence of any degradation" in text, text
+    assert not any(line.startswith("  mean") for line in text.splitlines()), text
+    dark_report = client.score_video(dark, frames=4)
+    assert dark_report.mean is None and dark_report.worst is None and dark_report.frames_no_evidence == 4
+
+
+@pytest.mark.parametrize("suffix", [".ts", ".mkv"])
+def test_a_video_starting_at_10_s_is_sampled_over_its_own_span(suffix, client, triton, tmp_path, capsys):
+    """Frame times count from the stream's first timestamp (as a player shows them) and the duration is
+    the span of the frames, whatever the container states (Matroska states the end time, 14 s)."""
+    video = tmp_path / f"segment{suffix}"
+    frames = noisy_frames(40, sigma=10.0)
+    encode_h264(video, frames, rate=10, start_s=10.0)
+    with av.open(str(video)) as container:
+        assert container.streams.video[0].start_time * container.streams.video[0].time_base == 10  # as written
+
+    assert cli.main(["video", str(video), "--frames", "8", "--json", "--url", triton.grpc_url]) == 0
+    rows, parsed = video_json_lines(capsys.readouterr().out)
+    assert parsed["duration_s"] == pytest.approx(4.0) and parsed["start_s"] == pytest.approx(10.0)
+    assert [row["time_s"] for row in rows] == pytest.approx([0.2, 0.7, 1.2, 1.7, 2.2, 2.7, 3.2, 3.7])
+    assert parsed["frames_scored"] == 8 and parsed["frames_failed"] == 0
+    assert cli.main(["video", str(video), "--frames", "8", "--url", triton.grpc_url]) == 0
+    assert "8 frames over 4.0 s, 0 failed" in capsys.readouterr().out
+
+    by_rate = client.score_video(video, fps=2)
+    assert [f.time_s for f in by_rate.frames] == pytest.approx([0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5])
+
+
+# --- the async client and event loops (issue 25) ---------------------------------------------------------
+
+
+def test_an_async_client_built_outside_a_loop_works_in_each_asyncio_run_that_uses_it(client, triton, photos):
+    """Built with no loop running, then used by one asyncio.run after another (each a new loop, the last
+    one gone), by `async with` blocks that close it, and by two loops at once: the scores, and only
+    the documented errors."""
+    photo = photos["sheep"]
+    expected = client.score(photo)
+    aclient = AsyncIQAClient(triton.grpc_url, timeout=120)
+    assert close(asyncio.run(aclient.score(photo)), expected)
+    assert close(asyncio.run(aclient.score(photo)), expected)  # a second loop: the first one is closed
+
+    async def in_a_block():
+        async with aclient:  # connects, and closes on the way out
+            return await aclient.score_many([photo, b"not an image"])
+
+    for _ in range(2):  # a closed client opens a new channel when it is used again
+        scored, bad = asyncio.run(in_a_block())
+        assert close(scored, expected) and isinstance(bad, BadImageError)
+    with pytest.raises(BadImageError, match="not a recognised image"):
+        asyncio.run(aclient.score(b"not an image"))
+
+    outcomes: dict[int, object] = {}
+
+    def in_its_own_loop(index: int) -> None:
+        try:
+            outcomes[index] = asyncio.run(aclient.score(photo))
+        except Exception as err:  # noqa: BLE001 - reported below
+            outcomes[index] = err
+
+    threads = [threading.Thread(target=in_its_own_loop, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(isinstance(o, Scores) and close(o, expected) for o in outcomes.values()), outcomes
+
+    offline = AsyncIQAClient(unreachable(), timeout=2)
+    for _ in range(2):
+        with pytest.raises(ServerUnreachableError, match="no Triton server answers"):
+            asyncio.run(offline.connect())
+
+
+def test_an_image_sent_as_text_gets_a_hint_about_its_encoding(client):
+    """Base64 text or a data: URL given where a path or bytes belong: the client says so for a string
+    (it names no file), the server for bytes; messages stay short whatever the text's length."""
+    text = base64.b64encode(odd_images.encode(odd_images.photo(), "PNG"))
+    as_path, as_url, as_bytes = client.score_many([text.decode(), "data:image/png;base64," + text.decode(), text])
+    assert isinstance(as_path, BadImageError) and "base64 text of an image, not a path" in str(as_path), as_path
+    assert isinstance(as_url, BadImageError) and "a data: URL is the picture written as text" in str(as_url), as_url
+    assert isinstance(as_bytes, BadImageError) and "these bytes are base64 text of a PNG image" in str(as_bytes)
+    assert max(len(str(e)) for e in (as_path, as_url, as_bytes)) < 400
+    with pytest.raises(BadImageError, match="these bytes are a data: URL"):
+        client.score(b"data:image/png;base64," + text)

@@ -170,3 +170,70 @@ def test_without_pillow_heif_heic_is_refused_and_everything_else_decodes(tmp_pat
     assert done.returncode == 0, done.stderr
     assert "pillow-heif is not installed: HEIC/HEIF images are refused here" in done.stderr
     assert done.stdout.startswith("not a recognised image: accepted formats are"), done.stdout
+
+
+# --- float pictures, APNG, JPEGs without their end marker, images sent as text (issue 25) ----------------
+
+
+def test_float_pictures_map_0_to_black_and_1_to_white_and_clip_the_rest():
+    grey = odd_images.float_grey()
+    eight_bits = np.rint(grey * 255).astype(np.uint8)
+    np.testing.assert_array_equal(decode(odd_images.float_tiff(grey)), np.repeat(eight_bits[:, :, None], 3, axis=2))
+    # One pixel above white changes that pixel alone: the scale is fixed, never stretched to the range.
+    outlier = decode(odd_images.float_tiff(odd_images.float_grey(at_0_0=1.02)))[:, :, 0]
+    assert outlier[0, 0] == 255 and np.array_equal(outlier.ravel()[1:], eight_bits.ravel()[1:])
+    # A 0..4 picture (HDR-like) is clipped at white, as a viewer shows it.
+    bright = odd_images.float_grey(scale=4.0)
+    np.testing.assert_array_equal(decode(odd_images.float_tiff(bright))[:, :, 1],
+                                  np.rint(np.clip(bright, 0, 1) * 255).astype(np.uint8))
+    below = decode(odd_images.float_tiff(odd_images.float_grey() - 0.5))[:, :, 2]
+    assert below.min() == 0 and np.array_equal(below[below > 0], np.rint((grey - 0.5) * 255)[below > 0])
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_float_pictures_holding_nan_or_infinity_are_refused_by_name(value):
+    with pytest.raises(ImageError, match="float picture holds NaN or infinite values in 1 pixel: they are no light"):
+        decode(odd_images.float_tiff(odd_images.float_grey(at_0_0=value)))
+
+
+@pytest.mark.parametrize("default_image", [True, False])
+def test_an_apng_gives_the_first_frame_an_apng_viewer_shows(default_image):
+    """With default_image=True Pillow writes the default image outside the animation (no fcTL before its IDAT):
+    viewers start at the next frame, and so does the service; otherwise the default image is frame one."""
+    data, shown = odd_images.apng(default_image)
+    assert Image.open(io.BytesIO(data)).info.get("default_image", False) is default_image  # as the file says
+    np.testing.assert_array_equal(decode(data), np.asarray(shown))
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_a_jpeg_missing_only_its_end_marker_decodes_as_the_complete_file(progressive):
+    whole = decode(encode(photo(), "JPEG", quality=90, progressive=progressive))
+    for cut in (2, 1):  # the whole marker, or its second byte
+        np.testing.assert_array_equal(decode(odd_images.jpeg_without_end_marker(progressive, cut)), whole)
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_a_jpeg_cut_inside_its_picture_data_is_refused_as_truncated(progressive):
+    """What libjpeg (and Pillow's LOAD_TRUNCATED_IMAGES) would fill with grey rows or coarser detail."""
+    data = encode(photo(), "JPEG", quality=90, progressive=progressive)
+    for cut in (data[:-3], data[:-6], data[: len(data) * 3 // 4], data[: len(data) // 3]):
+        with pytest.raises(ImageError, match="truncated"):
+            decode(cut)
+    if progressive:  # cut between two scans: the last scan present is whole, but later ones are missing
+        from iqa.jpeg_regions import _entropy_markers
+
+        last_scan = [int(m) for m in _entropy_markers(data, 2) if data[m + 1] == 0xDA][-1]
+        with pytest.raises(ImageError, match="truncated"):
+            decode(data[:last_scan])
+
+
+def test_an_image_sent_as_base64_text_or_a_data_url_gets_a_hint_about_the_encoding():
+    png, jpeg = encode(photo(), "PNG"), encode(photo(), "JPEG")
+    for text, hint in ((odd_images.as_text(png), "base64 text of a PNG image, not the image: send the decoded bytes"),
+                       (odd_images.as_text(jpeg), "base64 text of a JPEG image"),
+                       (b"  \n" + odd_images.as_text(png, data_url=True), r"a data: URL \(text\)")):
+        with pytest.raises(ImageError, match="not a recognised image: these bytes are " + hint):
+            decode(text)
+    with pytest.raises(ImageError) as plain_text:
+        decode(b"name,score\nsheep,0.5\n" * 20)
+    assert "base64" not in str(plain_text.value) and "data:" not in str(plain_text.value)

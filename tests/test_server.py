@@ -11,7 +11,9 @@ from PIL import Image
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from iqa import jpeg_regions
 from iqa.contract import ENSEMBLE_MODEL, NETWORK_MODEL, PREPROCESS_MODEL, SCORE_NAMES
+from iqa.preprocess import patch_origins
 from tests import odd_images
 from tests.conftest import image_tensor
 from tests.odd_images import CASES
@@ -146,3 +148,23 @@ def test_heic_and_avif_photos_score_like_the_png_of_the_same_photo(fmt, client, 
         png, encoded = infer(client, [odd_images.encode(picture, "PNG"), odd_images.encode(picture, fmt, quality=90)])
         noise, blur, compression = encoded - png
         assert abs(noise) <= 0.05 and abs(blur) <= 0.05 and abs(compression) <= 0.1, (name, png, encoded)
+
+
+def test_pictures_the_service_reads_as_another_file_score_as_that_file(client):
+    """A float TIFF in 0..1 as the 8-bit PNG of round(value * 255); an APNG whose default image is outside
+    its animation as its first animation frame; a JPEG missing only its end marker as the complete JPEG,
+    a large one too (the complete file takes the JPEG region route, the other the full decode)."""
+    grey = odd_images.float_grey()
+    apng, shown = odd_images.apng(default_image=True)
+    large = odd_images.encode(odd_images.photo().resize((2048, 1536), Image.Resampling.LANCZOS), "JPEG", quality=90)
+    assert jpeg_regions.plan(large, patch_origins) is not None and jpeg_regions.plan(large[:-2], patch_origins) is None
+    eight_bits = Image.fromarray(np.rint(grey * 255).astype(np.uint8))
+    pairs = {
+        "float TIFF": (odd_images.float_tiff(grey), odd_images.encode(eight_bits, "PNG")),
+        "APNG": (apng, odd_images.encode(shown, "PNG")),
+        "JPEG without EOI": (odd_images.jpeg_without_end_marker(),
+                             odd_images.encode(odd_images.photo(), "JPEG", quality=90)),
+        "large JPEG without EOI": (large[:-2], large),
+    }
+    for name, (data, equivalent) in pairs.items():
+        np.testing.assert_allclose(infer(client, [data]), infer(client, [equivalent]), atol=TOLERANCE, err_msg=name)

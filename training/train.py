@@ -40,7 +40,6 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from iqa.contract import PATCH_SIZE
 from iqa.network import DegradationNet, build_model
 from iqa.preprocess import sample_patches
 from training import photos as photo_pool

@@ -15,10 +15,14 @@ from collections.abc import Iterable
 import tritonclient.grpc as grpcclient
 
 ChannelOptions = Iterable[tuple[str, object]]
+# The longest wait between two connection attempts to a server that cannot be reached (gRPC's default is
+# 120 s): at most one refused TCP connection a second per client while a server is down.
+RECONNECT_BACKOFF_MS = 1000
 
 
 def channel_arguments(options: ChannelOptions | None) -> list[tuple[str, object]]:
-    """gRPC channel arguments: tritonclient's own defaults, then `options` (a key given there wins).
+    """gRPC channel arguments: tritonclient's own defaults and a reconnect backoff capped at
+    RECONNECT_BACKOFF_MS, then `options` (a key given there wins).
 
     tritonclient replaces all of its defaults (unlimited message sizes, keepalive) as soon as it is
     given any channel argument; this keeps them and adds the caller's, e.g. client-side load
@@ -28,6 +32,11 @@ def channel_arguments(options: ChannelOptions | None) -> list[tuple[str, object]
     """
     keepalive = grpcclient.KeepAliveOptions()
     merged = {
+        # gRPC waits longer and longer between reconnections to a server that went away (1 s, x1.6, up
+        # to 120 s), and every channel to one address shares that wait: after a 40 s restart the first
+        # calls failed for seconds once the server was back. Capped, a client reconnects within about
+        # a second of its return (the retries wait for it: client.RetryPolicy).
+        "grpc.max_reconnect_backoff_ms": RECONNECT_BACKOFF_MS,
         "grpc.max_send_message_length": grpcclient.MAX_GRPC_MESSAGE_SIZE,
         "grpc.max_receive_message_length": grpcclient.MAX_GRPC_MESSAGE_SIZE,
         "grpc.keepalive_time_ms": keepalive.keepalive_time_ms,

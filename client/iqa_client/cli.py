@@ -390,7 +390,10 @@ def score_record(name: str, outcome) -> dict:
 
 
 def frame_record(time_s: float, outcome) -> dict:
-    return {"time_s": time_s, **(outcome.to_dict() if isinstance(outcome, Scores) else {"error": reason(outcome)})}
+    """A video frame's row: its time and scores (and, in JSON Lines, whether it held no evidence), or its error."""
+    if isinstance(outcome, Scores):
+        return {"time_s": time_s, **outcome.to_dict(), "no_evidence": outcome.no_evidence}
+    return {"time_s": time_s, "error": reason(outcome)}
 
 
 class Rows:
@@ -608,7 +611,7 @@ def cmd_video(client, args) -> int:
                 return interrupted(done + len(kept), total, "frames", rows, where, args)
         order = sorted(range(len(times)), key=times.__getitem__)
         report = video.report(args.file, sampler.duration_s, [times[i] for i in order], [outcomes[i] for i in order],
-                              args.percentile)
+                              args.percentile, sampler.start_s)
         if fmt == "json":
             rows.out.write(json.dumps({"summary": report.to_dict(series=False)}, ensure_ascii=False) + "\n")
             rows.out.flush()
@@ -616,11 +619,15 @@ def cmd_video(client, args) -> int:
     if fmt != "json":
         prefix = "" if fmt is None else "iqa: "
         print(f"{prefix}{report.path}: {len(report.frames)} frames over {report.duration_s or 0:.1f} s, "
-              f"{report.frames_failed} failed", file=summary)
+              f"{report.frames_failed} failed, {report.frames_no_evidence} with no evidence (flat, "
+              f"left out of mean and p{report.percentile:g})", file=summary)
         if report.mean:
             for label, scores in (("mean", report.mean), (f"p{report.percentile:g}", report.worst)):
                 print(f"{prefix}  {label:<5} noise {scores.noise:.3f}  blur {scores.blur:.3f}  "
                       f"compression {scores.compression:.3f}", file=summary)
+        elif report.frames_no_evidence:
+            print(f"{prefix}  no frame holds evidence of any degradation (black or flat): no mean or "
+                  f"p{report.percentile:g}", file=summary)
         if fmt is None:
             for frame in report.frames:
                 if frame.error:

@@ -13,14 +13,16 @@ Every call has a timeout (the client's default or the call's own). Transient sta
 (UNAVAILABLE, RESOURCE_EXHAUSTED, and CANCELLED by a server shutting down) are retried with jittered exponential backoff inside that
 timeout, and so is NOT_FOUND "has no available versions", which a server answers while it unloads
 or reloads the model (graceful shutdown, recovery); nothing else is retried (a bad image stays bad).
-Failures are IQAError subclasses: an input that cannot be read (a missing file, a URL that fails) is a
-BadImageError like an image the server refuses, from score() as from score_many().
+Between tries a lost connection is waited for, up to the deadline (a server restarting under the
+client). Failures are IQAError subclasses: an input that cannot be read (a missing file, a URL that
+fails) is a BadImageError like an image the server refuses, from score() as from score_many().
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import random
 import re
@@ -29,6 +31,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -59,6 +62,7 @@ DEFAULT_URL = os.environ.get("IQA_URL", "127.0.0.1:8001")
 # started (seen once per few hundred at Triton's SIGTERM, tests/test_shutdown.py). Scoring is
 # idempotent, so they are retried like UNAVAILABLE; this client never cancels a call itself.
 TRANSIENT = ("StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED", "StatusCode.CANCELLED")
+UNREACHABLE = "StatusCode.UNAVAILABLE"  # retried until the deadline (RetryPolicy)
 # The model is being unloaded or reloaded: a moment later this server (or another) serves it again.
 RELOADING = ("StatusCode.NOT_FOUND", "has no available versions")
 Outcome = Scores | IQAError
@@ -70,7 +74,16 @@ SERVER_GONE = (ServerUnreachableError, ModelError)
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Retries for transient gRPC statuses only, always within the call's timeout."""
+    """Retries for transient gRPC statuses only, always within the call's timeout.
+
+    attempts: tries in all, the first included, for the statuses of a server that answers (overloaded,
+    shutting down, reloading its model). Before each retry the client pauses (jittered exponential
+    backoff). UNAVAILABLE, a server that cannot be reached (down or restarting), is retried until the
+    call's deadline whatever `attempts` says: the channel tries to reconnect at least once a second
+    (channel.channel_arguments), so a call made while the server restarts succeeds as soon as it is back
+    within the timeout, and fails with ServerUnreachableError at the deadline if it is not. No thread waits
+    on the channel: a client closed mid-call (Ctrl-C) leaves nothing behind.
+    """
 
     attempts: int = 4
     initial_backoff_s: float = 0.1
@@ -179,7 +192,11 @@ def _retry_pause(retry: RetryPolicy, err: InferenceServerException, attempt: int
     pause = retry.backoff(attempt)
     status, message = str(err.status()), err.message() or ""
     transient = status in TRANSIENT or (status == RELOADING[0] and RELOADING[1] in message)
-    if not transient or attempt + 1 >= retry.attempts or pause >= deadline.left():
+    if not transient:
+        return None
+    if status == UNREACHABLE:  # until the deadline: the caller fails once its pause has spent the rest
+        return min(pause, max(deadline.left(), 0.0))
+    if attempt + 1 >= retry.attempts or pause >= deadline.left():
         return None
     return pause
 
@@ -346,7 +363,7 @@ class IQAClient:
                     raise outcome
                 times.append(time_s)
                 outcomes.append(outcome)
-        return video.report(path, sampled.duration_s, times, outcomes, percentile)
+        return video.report(path, sampled.duration_s, times, outcomes, percentile, sampled.start_s)
 
     def iter_score_frames(self, frames: Iterable[tuple[float, np.ndarray]], *, concurrency: int = 8,
                           timeout: float | None = None, progress: Progress | None = None
@@ -391,7 +408,7 @@ class IQAClient:
     def _infer(self, model: str, outputs, data: bytes, timeout: float | None, *, index, source):
         _check_size(data, index, source)
         deadline = _Deadline(timeout or self.timeout)
-        for attempt in range(self.retry.attempts):
+        for attempt in itertools.count():
             try:
                 return self._grpc.infer(model, _inputs(data), outputs=outputs, headers=self.headers,
                                         client_timeout=max(deadline.left(), 0.001))
@@ -400,7 +417,8 @@ class IQAClient:
                 if pause is None:
                     raise _error(err, self.url, model, index, source) from None
                 time.sleep(pause)
-        raise AssertionError("unreachable")
+                if deadline.left() <= 0:  # unreachable until the deadline
+                    raise _error(err, self.url, model, index, source) from None
 
     def close(self) -> None:
         self._grpc.close()
@@ -419,6 +437,12 @@ class AsyncIQAClient:
     """The asyncio twin of IQAClient: same arguments, same results, `await` on each call.
 
     Call `await client.connect()` (or use `async with`) to check the server and model first.
+
+    Event loops: the client may be built anywhere, inside a running loop or not. gRPC's asyncio channels
+    belong to the loop they are made in, so the client opens its channel in the loop of its first call,
+    and a call from another loop (a second `asyncio.run`, a loop in another thread) gets a channel of
+    its own in that loop. `close()` closes the channel of the loop that calls it and lets go of those
+    whose loops have ended; a closed client opens a new channel on its next call.
     """
 
     def __init__(self, url: str = DEFAULT_URL, *, model: str = ENSEMBLE_MODEL, timeout: float = 30.0,
@@ -430,9 +454,24 @@ class AsyncIQAClient:
         self.url, self.model, self.timeout, self.retry, self._ssl = url, model, timeout, retry, ssl
         self.map_model, self._map_checked = map_model, False
         self.headers = dict(headers or {})
-        self._grpc = grpcaio.InferenceServerClient(url, ssl=ssl, root_certificates=root_certificates,
-                                                   private_key=private_key, certificate_chain=certificate_chain,
-                                                   channel_args=channel_arguments(channel_options))
+        for pem in (root_certificates, private_key, certificate_chain):
+            if pem is not None:
+                Path(pem).read_bytes()  # a missing file fails here, as it does for IQAClient, not at first use
+        self._settings = dict(url=url, ssl=ssl, root_certificates=root_certificates, private_key=private_key,
+                              certificate_chain=certificate_chain, channel_args=channel_arguments(channel_options))
+        self._channels: dict[asyncio.AbstractEventLoop, grpcaio.InferenceServerClient] = {}
+
+    @property
+    def _grpc(self) -> grpcaio.InferenceServerClient:
+        """tritonclient's asyncio client for the running loop, made on its first use there."""
+        loop = asyncio.get_running_loop()
+        client = self._channels.get(loop)
+        if client is None:
+            for ended in [other for other in self._channels if other.is_closed()]:
+                # Its channel cannot be awaited any more; grpc closes it when it is collected.
+                del self._channels[ended]
+            client = self._channels[loop] = grpcaio.InferenceServerClient(**self._settings)
+        return client
 
     async def connect(self, timeout: float | None = None, *, map: bool = False) -> None:
         """Check that the server is live and that the model is ready and is the expected contract.
@@ -552,7 +591,7 @@ class AsyncIQAClient:
                 outcomes.append(outcome)
         finally:
             await scored.aclose()
-        return video.report(path, sampled.duration_s, times, outcomes, percentile)
+        return video.report(path, sampled.duration_s, times, outcomes, percentile, sampled.start_s)
 
     async def iter_score_frames(self, frames: Iterable[tuple[float, np.ndarray]], *, concurrency: int = 8,
                                 timeout: float | None = None, progress: Progress | None = None
@@ -599,7 +638,7 @@ class AsyncIQAClient:
     async def _infer(self, model: str, outputs, data: bytes, timeout: float | None, *, index, source):
         _check_size(data, index, source)
         deadline = _Deadline(timeout or self.timeout)
-        for attempt in range(self.retry.attempts):
+        for attempt in itertools.count():
             try:
                 return await self._grpc.infer(model, _inputs(data), outputs=outputs, headers=self.headers,
                                               client_timeout=max(deadline.left(), 0.001))
@@ -608,10 +647,16 @@ class AsyncIQAClient:
                 if pause is None:
                     raise _error(err, self.url, model, index, source) from None
                 await asyncio.sleep(pause)
-        raise AssertionError("unreachable")
+                if deadline.left() <= 0:  # unreachable until the deadline
+                    raise _error(err, self.url, model, index, source) from None
 
     async def close(self) -> None:
-        await self._grpc.close()
+        """Close the channel of the running loop (and let go of those of loops that have ended)."""
+        client = self._channels.pop(asyncio.get_running_loop(), None)
+        for ended in [other for other in self._channels if other.is_closed()]:
+            del self._channels[ended]
+        if client is not None:
+            await client.close()
 
     async def __aenter__(self) -> AsyncIQAClient:
         await self.connect()

@@ -8,6 +8,8 @@ never adds compression artefacts of its own to what it measures.
 
 from __future__ import annotations
 
+import base64
+import errno
 import importlib.metadata
 import io
 import os
@@ -73,11 +75,15 @@ def _read_file(path: str | os.PathLike) -> bytes:
     try:
         return Path(path).read_bytes()
     except FileNotFoundError:
-        raise BadImageError("no such file", source=os.fspath(path)) from None
-    except IsADirectoryError:
-        raise BadImageError("a folder, not an image file", source=os.fspath(path)) from None
+        # A string that names no file may be the picture itself written as text (a data: URL, base64).
+        hint = _text_encoding_hint(path) if isinstance(path, str) else None
+        raise BadImageError(hint or "no such file", source=describe(path)) from None
     except OSError as err:
-        raise BadImageError(f"cannot read it: {err.strerror or err}", source=os.fspath(path)) from None
+        if err.errno == errno.ENAMETOOLONG and isinstance(path, str) and (hint := _text_encoding_hint(path)):
+            raise BadImageError(hint, source=describe(path)) from None
+        if isinstance(err, IsADirectoryError):
+            raise BadImageError("a folder, not an image file", source=os.fspath(path)) from None
+        raise BadImageError(f"cannot read it: {err.strerror or err}", source=describe(path)) from None
 
 
 def _read_stream(stream: BinaryIO) -> bytes:
@@ -142,10 +148,31 @@ def fetch(url: str, *, timeout: float = DEFAULT_FETCH_TIMEOUT_S, max_bytes: int 
     return b"".join(chunks)
 
 
+# How the accepted formats start (contract.ACCEPTED_FORMATS); HEIF and AVIF files open with an ISO
+# base-media 'ftyp' box, its name at bytes 4-7.
+_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"RIFF", b"BM", b"II*\x00", b"MM\x00*")
+
+
+def _text_encoding_hint(text: str) -> str | None:
+    """Why a string that names no file may be the picture itself, written as text (a data: URL, base64)."""
+    stripped = text.strip()
+    if stripped[:5].lower() == "data:":
+        return ("a data: URL is the picture written as text, not a path: pass the bytes it encodes, "
+                "base64.b64decode(url.split(',', 1)[1])")
+    try:
+        head = base64.b64decode("".join(stripped.split())[:32], validate=True)
+    except ValueError:  # binascii.Error included
+        return None
+    if head.startswith(_SIGNATURES) or head[4:8] == b"ftyp":
+        return "this is base64 text of an image, not a path: pass the bytes it encodes, base64.b64decode(text)"
+    return None
+
+
 def describe(image: ImageLike) -> str:
     """A short name for an input, for error messages."""
     if isinstance(image, (str, os.PathLike)):
-        return str(image)
+        name = str(image)  # a picture passed as text (a data: URL) would fill the message
+        return name if len(name) <= 200 else f"{name[:60]}... ({len(name)} characters)"
     if hasattr(image, "read") and not hasattr(image, "mode"):
         return str(getattr(image, "name", "a stream"))
     if isinstance(image, np.ndarray):
