@@ -66,6 +66,8 @@ def test_level_zero_is_the_picture_and_nonsense_is_refused(small):
         rp.degrade(small, "gif", 1)
     with pytest.raises(ValueError, match="unknown kind 'gif'"):
         rp.build_set([small], kinds=["gif"])
+    with pytest.raises(ValueError, match="unknown kind 'gif'"):
+        rp.reference(small, "gif")
     with pytest.raises(ValueError, match="RGB uint8"):
         rp.degrade(small.astype(np.float32), "webp", 1)
     with pytest.raises(ValueError, match="even sides of at least 64 px"):
@@ -83,9 +85,9 @@ def test_the_same_photo_number_gives_the_same_pictures_and_another_other_noise(s
         assert not np.array_equal(by_key[0, name, 3], by_key[1, name, 3]), name
     assert np.array_equal(by_key[0, "webp", 3], by_key[1, "webp", 3])  # an encoder has nothing to draw
     # The first photos of a longer list are the pictures of a shorter one: --photos N is a prefix.
-    first = rp.build_set([small], kinds=["luma_noise", "camera_shake"])[1]
+    alone_entries, alone = rp.build_set([small], kinds=["luma_noise", "camera_shake"])
     assert all(np.array_equal(by_key[0, e.kind.name if e.kind else None, e.level], p)
-               for e, p in zip(rp.build_set([small], kinds=["luma_noise", "camera_shake"])[0], first))
+               for e, p in zip(alone_entries, alone))
 
 
 def test_a_pool_of_workers_makes_the_same_pictures(small):
@@ -200,7 +202,7 @@ def test_training_does_not_import_it_but_to_evaluate():
     importers = {path.name for path in sorted((ROOT / "training").glob("*.py"))
                  if any(n.endswith("real_pipelines") for n in _imports(path))}
     # evaluate.py runs it; train.py may, to choose checkpoints on it, never to make training pictures.
-    assert importers <= {"evaluate.py", "train.py", "real_pipelines.py"}, importers
+    assert importers <= {"evaluate.py", "train.py"}, importers
     assert "evaluate.py" in importers
     program = ("import sys, training.train, training.degradations, training.synthetic, training.photos\n"
                "print(sorted(m for m in sys.modules if m.endswith('real_pipelines')))")
@@ -282,6 +284,22 @@ def test_make_evaluate_prints_the_real_table_and_its_json(tmp_path, capsys):
     with pytest.raises(SystemExit):
         evaluate.main(["--pool", str(tmp_path / "pool"), "--implementations", "real", "--real-kinds", "gif"])
     assert "unknown real kind 'gif'" in capsys.readouterr().err
+
+
+def test_without_the_encoders_the_kadid_sets_still_evaluate_and_the_real_one_says_what_is_missing(tmp_path):
+    """Where PyAV, pillow-heif or OpenCV are missing (the GPU machine), real_pipelines cannot be imported."""
+    program = ("import sys; sys.modules['training.real_pipelines'] = None\n"
+               "from training import evaluate\n"
+               "pool = sys.argv[1]\n"
+               "print('own rc', evaluate.main(['--pool', pool, '--photos', '1', '--implementations', 'own', "
+               "'--no-checks', '--workers', '1']))\n"
+               "print('default rc', evaluate.main(['--pool', pool, '--photos', '1', '--no-checks']))\n")
+    result = subprocess.run([sys.executable, "-c", program, str(_pool(tmp_path))], cwd=ROOT, capture_output=True,
+                            text=True, timeout=600)
+    assert "own rc 0" in result.stdout and "KADID-style set: 1 validation photos" in result.stdout, result.stderr
+    assert "default rc 2" in result.stdout
+    assert "the real set needs PyAV, pillow-heif and OpenCV" in result.stderr
+    assert "--implementations own,reference skips it" in result.stderr
 
 
 # ------------------------------------------------------------------ video, through the real server

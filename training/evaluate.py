@@ -485,8 +485,12 @@ def main(argv: list[str] | None = None) -> int:
     for implementation in implementations:
         implementation_types(implementation)  # an unknown name fails before any work
     if real:
-        from training import real_pipelines  # only here: it needs PyAV, pillow-heif and OpenCV
-
+        try:
+            from training import real_pipelines  # only here: it needs PyAV, pillow-heif and OpenCV
+        except ImportError as err:
+            print(f"evaluate: the {REAL} set needs PyAV, pillow-heif and OpenCV (the test extra: pip install -e "
+                  f"'.[test]'): {err}; --implementations {','.join(IMPLEMENTATIONS)} skips it", file=sys.stderr)
+            return 2
         real_kinds = [k.strip() for k in args.real_kinds.split(",")] if args.real_kinds else None
         for kind in real_kinds or ():
             if kind not in real_pipelines.BY_NAME:

@@ -529,6 +529,14 @@ def _level_rng(photo: int, pipeline: str, level: int) -> np.random.Generator:
     return np.random.default_rng([SEED, photo, list(_PIPELINES).index(pipeline), level])
 
 
+def _kind(kind: str | Kind) -> Kind:
+    if isinstance(kind, Kind):
+        return kind
+    if kind not in BY_NAME:
+        raise ValueError(f"unknown kind {kind!r}: choose from {', '.join(BY_NAME)}")
+    return BY_NAME[kind]
+
+
 def _check_picture(rgb: np.ndarray) -> None:
     if not (isinstance(rgb, np.ndarray) and rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3):
         raise ValueError(f"a picture must be RGB uint8 [H, W, 3], got {getattr(rgb, 'dtype', type(rgb))} "
@@ -552,9 +560,7 @@ def degrade(rgb: np.ndarray, kind: str | Kind, level: int, photo: int = 0,
     arguments give the same picture. jpeg_resized returns a picture 3/4 the size. ValueError for an unknown
     kind, a level outside 0..5 or a picture of another form.
     """
-    kind = BY_NAME[kind] if isinstance(kind, str) and kind in BY_NAME else kind
-    if not isinstance(kind, Kind):
-        raise ValueError(f"unknown kind {kind!r}: choose from {', '.join(BY_NAME)}")
+    kind = _kind(kind)
     if level not in (0,) + LEVELS:
         raise ValueError(f"level must be one of 0..5, got {level}")
     _check_picture(rgb)
@@ -567,7 +573,7 @@ def reference(rgb: np.ndarray, kind: str | Kind, photo: int = 0) -> np.ndarray:
     """The undamaged picture a kind's output lines up with (same size and position): the picture itself,
     except for jpeg_resized (the pristine picture downscaled by the same filter) and the inter frames (the
     picture moved as the clip's frame is)."""
-    kind = BY_NAME[kind] if isinstance(kind, str) else kind
+    kind = _kind(kind)
     return rgb if kind.reference is None else kind.reference(rgb, _photo_rng(photo, kind.pipeline))
 
 
@@ -596,7 +602,7 @@ def build_set(references: Sequence[np.ndarray], workers: int = 1, cache_dir: Pat
     pool. cache_dir: keep the encoders' files there (see FileCache); `counts`, if given, receives {"cached": files read, "encoded": files encoded}.
     Deterministic. ValueError for an unknown kind or a picture of another form.
     """
-    chosen = [BY_NAME[k] if k in BY_NAME else _unknown(k) for k in kinds] if kinds else list(KINDS)
+    chosen = [_kind(k) for k in kinds] if kinds else list(KINDS)
     for rgb in references:
         _check_picture(rgb)
     pipelines = list(dict.fromkeys(k.pipeline for k in chosen))
@@ -621,10 +627,6 @@ def build_set(references: Sequence[np.ndarray], workers: int = 1, cache_dir: Pat
     if counts is not None:
         counts.update(cached=sum(r[1] for r in results), encoded=sum(r[2] for r in results))
     return entries, pictures
-
-
-def _unknown(name: str):
-    raise ValueError(f"unknown kind {name!r}: choose from {', '.join(BY_NAME)}")
 
 
 ScoreFn = Callable[[Sequence[np.ndarray]], np.ndarray]  # RGB uint8 pictures -> float [N, 3], FAMILIES order
@@ -873,9 +875,13 @@ def main(argv: list[str] | None = None) -> int:
         import time
 
         start = time.perf_counter()
-        counts: dict = {}
-        entries, _ = build_set(references, args.workers, args.cache, counts=counts)
-        print(f"{len(entries)} pictures of {len(references)} photos in {time.perf_counter() - start:.0f} s; "
+        pictures, counts = 0, {"cached": 0, "encoded": 0}
+        for first in range(0, len(references), 8):  # 8 photos' pictures in memory at a time
+            part: dict = {}
+            pictures += len(build_set(references[first : first + 8], args.workers, args.cache, counts=part,
+                                      first_photo=first)[1])
+            counts = {k: counts[k] + part[k] for k in counts}
+        print(f"{pictures} pictures of {len(references)} photos in {time.perf_counter() - start:.0f} s; "
               f"cache {args.cache}: {counts['cached']} files read, {counts['encoded']} encoded")
         return 0
     ladders = {e: crfs or VIDEO_LADDER.get(e) or (20, 30, 40, 50, 60) for e in encoders}
