@@ -14,7 +14,7 @@ training.synthetic or training.train, and those never import it (tests/test_real
 | webp | compression | quality 75, 50, 30, 15, 5 | libwebp through Pillow (lossy, 4:2:0) |
 | avif | compression | quality 60, 45, 32, 20, 8 | libaom through Pillow, speed 6, 4:2:0 |
 | heic | compression | quality 50, 38, 27, 16, 5 | x265 through pillow-heif (libheif), 4:2:0 |
-| h264_intra, h264_inter | compression | CRF 26, 32, 37, 42, 47 | libx264 (PyAV), preset medium: a 6-frame clip of the photo panning 0.75 px right and 0.5 px down a frame; its first (I) frame and its fifth (P or B) frame |
+| h264_intra, h264_inter | compression | CRF 26, 32, 37, 42, 47 | libx264 (PyAV), preset medium: a 6-frame clip of the photo panning 0.75 px right and 0.5 px down a frame; its first (I) frame and its fifth (P or B; the picture moved 3 px right, 2 down) |
 | hevc_intra, hevc_inter | compression | CRF 28, 34, 39, 44, 49 | libx265 (PyAV), preset medium, the same clip |
 | av1_intra, av1_inter | compression | CRF 45, 51, 56, 60, 63 | SVT-AV1 (PyAV), preset 8, the same clip (63 is its largest CRF) |
 | jpeg_444 | compression | quality 40, 28, 18, 10, 5 | libjpeg-turbo through OpenCV, no chroma subsampling |
@@ -24,7 +24,7 @@ training.synthetic or training.train, and those never import it (tests/test_real
 | luma_noise | noise | sigma 4, 7, 10, 14, 20 (8-bit) | Gaussian noise on Y' only (BT.601): the same value added to R, G and B |
 | defocus | blur | disc radius 1, 2, 3, 4.5, 6.5 px | an out-of-focus lens in linear light: a disc with a slightly brighter rim (spherical aberration), anti-aliased |
 | resolution_loss | blur | factor 1.5, 2, 2.5, 3.25, 4 | downscaled by OpenCV's area filter, upscaled back by bicubic or bilinear (drawn per photo) |
-| camera_shake | blur | path length 3, 5, 8, 12, 17 px | a hand-held exposure in linear light: a random trajectory with inertia, tremor, a pull back and rare jerks (this module's generator); one shape per photo, scaled to each level |
+| camera_shake | blur | path length 3, 5, 8, 12, 17 px | a hand-held exposure in linear light: a random path whose heading turns smoothly (turn rate with inertia), at a drifting speed, with rare jerks (this module's generator, shake_trajectory); one shape per photo, scaled to each level |
 
 The levels were chosen from the encoders' and lenses' common operating range (mild -> starved or
 strongly degraded; decreasing PSNR level by level on every test photo), never from the model's scores.
@@ -37,7 +37,8 @@ level 1 to 5 than either other score); each score's mean at levels 1 and 5.
 Encoding is the slow part (AVIF, HEIC and the x265 / SVT-AV1 clips cost 100-300 ms each at 512x384 on
 one core): with `cache_dir`, every encoder's output file (and the phone pipeline's JPEG) is kept on disk,
 keyed by a digest of its exact input pixels, the encoder's settings, the libraries' versions and
-CACHE_VERSION, so a changed picture, setting or library encodes anew, and a second build only decodes.
+CACHE_VERSION, so a changed picture, setting or library encodes anew; a second build decodes the files and
+redoes only the cheap steps (the raw captures are most of what is left: ~3 s of CPU a photo).
 """
 
 from __future__ import annotations
