@@ -61,7 +61,9 @@ loadtest: $(MODEL) $(CELLS_MODEL)
 	$(PY) -m loadtest.run $(LOADTEST_ARGS)
 
 # Training (training/, README "The model"): the photo pool (Debian packages, cached outside git),
-# a training run (TRAIN_ARGS; the full run wants a GPU: training/gpu_run.sh) and the KADID-style evaluation.
+# a training run (TRAIN_ARGS; the full run wants a GPU: training/gpu_run.sh) and the evaluations: KADID-style
+# (two implementations) and real encoders and camera pipelines (training/real_pipelines.py; its encoded files
+# are cached in ~/.cache/iqa-degradation/real-pipelines).
 photos: $(STAMP)
 	$(PY) -m training.photos $(PHOTOS_ARGS)
 

@@ -4,6 +4,7 @@
     python -m training.evaluate --weights run/weights.fp16.pt --plot scores.png
     python -m training.evaluate --server localhost:8001          # through the running ensemble
     python -m training.evaluate --baselines                      # plus the classical baselines
+    python -m training.evaluate --implementations real --photos 8 --no-checks   # real encoders only
 
 The set: each validation photo of the pool at KADID's size (512x384) and each of KADID's
 ten blur, noise and compression types at its five levels, plus the pristine picture. Each type
@@ -12,6 +13,11 @@ comes from two implementations, and the figures are printed for both side by sid
 - reference: training.kadid_reference, written independently from the KADID-10k paper with
   other building blocks, which training never imports: how the model fares on degradations
   made by code it never saw (`--implementations own` skips it, e.g. where OpenCV is missing).
+A third set, real, is not KADID's: the same photos through real encoders (WebP, AVIF, HEIC, x264,
+x265, SVT-AV1 frames, JPEG 4:4:4, JPEG then a resize) and camera pipelines (raw sensor noise, with
+and without a phone's processing, luma noise, defocus, resolution loss, camera shake) at five levels
+each, from training.real_pipelines (independent of the training degradations); its own table per kind
+(`--real-cache` keeps the encoders' files between runs; `--implementations own,reference` skips it).
 Figures (every one from `metrics`, which this command and the tests call):
 
 - seed metric: group by (photo, distortion type); Pearson and Spearman of the related score
@@ -45,7 +51,8 @@ from training.degradations import BY_NAME, FAMILIES, LEVEL_STRENGTHS, TYPES, con
 
 KADID_SIZE = (512, 384)
 LEVELS = (1, 2, 3, 4, 5)
-IMPLEMENTATIONS = ("own", "reference")
+IMPLEMENTATIONS = ("own", "reference")  # of the KADID types
+REAL = "real"  # the third set: training.real_pipelines' real encoders and camera pipelines
 # score_fn: pictures (RGB uint8 [H, W, 3]) -> scores [N, 3] in FAMILIES order
 ScoreFn = Callable[[Sequence[np.ndarray]], np.ndarray]
 
@@ -456,9 +463,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", default="training/weights/iqa_resnet50.fp16.pt")
     parser.add_argument("--server", help="score through the running ensemble at this gRPC address instead")
     parser.add_argument("--baselines", action="store_true", help="add the classical no-reference baselines")
-    parser.add_argument("--implementations", default=",".join(IMPLEMENTATIONS),
-                        help="which implementations of the KADID types build the set, comma-separated "
-                        f"(default: {','.join(IMPLEMENTATIONS)})")
+    parser.add_argument("--implementations", default=",".join(IMPLEMENTATIONS + (REAL,)),
+                        help="which sets to evaluate, comma-separated: the implementations of the KADID types "
+                        f"({', '.join(IMPLEMENTATIONS)}) and {REAL} (training.real_pipelines: real encoders and "
+                        f"camera pipelines) (default: {','.join(IMPLEMENTATIONS + (REAL,))})")
+    parser.add_argument("--real-cache", type=Path, default=None, metavar="DIR",
+                        help="where the real set keeps its encoded files (default: real_pipelines.DEFAULT_CACHE, "
+                        "~/.cache/iqa-degradation/real-pipelines); 'none': encode every time")
+    parser.add_argument("--real-kinds", help="only these kinds of the real set, comma-separated")
     parser.add_argument("--no-checks", action="store_true", help="skip the grey, text page and flat checks")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=2, help="processes that build the set")
@@ -468,8 +480,23 @@ def main(argv: list[str] | None = None) -> int:
                         help="also print the blur score of motion blur by angle (6 and 10 px, the photos' mean)")
     args = parser.parse_args(argv)
     implementations = [i.strip() for i in args.implementations.split(",") if i.strip()]
+    real = REAL in implementations
+    implementations = [i for i in implementations if i != REAL]
     for implementation in implementations:
         implementation_types(implementation)  # an unknown name fails before any work
+    if real:
+        try:
+            from training import real_pipelines  # only here: it needs PyAV, pillow-heif and OpenCV
+        except ImportError as err:
+            print(f"evaluate: the {REAL} set needs PyAV, pillow-heif and OpenCV (the test extra: pip install -e "
+                  f"'.[test]'): {err}; --implementations {','.join(IMPLEMENTATIONS)} skips it", file=sys.stderr)
+            return 2
+        real_kinds = [k.strip() for k in args.real_kinds.split(",")] if args.real_kinds else None
+        for kind in real_kinds or ():
+            if kind not in real_pipelines.BY_NAME:
+                parser.error(f"unknown real kind {kind!r}: choose from {', '.join(real_pipelines.BY_NAME)}")
+        real_cache = (None if str(args.real_cache).lower() == "none" else args.real_cache) \
+            if args.real_cache is not None else real_pipelines.DEFAULT_CACHE
 
     try:
         references = references_from_pool(args.pool, args.split, args.photos)
@@ -497,9 +524,26 @@ def main(argv: list[str] | None = None) -> int:
             print(f"plot: {path}")
         del pictures  # one implementation's set in memory at a time
     reports = dict(sorted(reports.items(), key=lambda item: item[0].startswith("classical")))
-    print(f"KADID-style set: {len(references)} {args.split} photos x {len(TYPES)} types x {len(LEVELS)} levels"
-          f" + pristine, implementations: {', '.join(implementations)}\n")
-    print(table(reports))
+    if implementations:
+        print(f"KADID-style set: {len(references)} {args.split} photos x {len(TYPES)} types x {len(LEVELS)} levels"
+              f" + pristine, implementations: {', '.join(implementations)}\n")
+        print(table(reports))
+    real_reports = {}
+    if real:
+        import time
+
+        start, counts = time.perf_counter(), {}
+        scorers = {name: score_fn, **({"classical": classical_scorer} if args.baselines else {})}
+        real_reports = real_pipelines.evaluate(scorers, references, args.workers, real_cache, real_kinds,
+                                               counts=counts)[0]
+        seconds = time.perf_counter() - start
+        kinds = real_kinds or list(real_pipelines.BY_NAME)
+        print(f"\nreal encoders and camera pipelines (training/real_pipelines.py): {len(references)} {args.split}"
+              f" photos x {len(kinds)} kinds x {len(LEVELS)} levels + pristine, built and scored in {seconds:.0f} s"
+              f" (cache {real_cache}: {counts['cached']} files read, {counts['encoded']} encoded)\n")
+        print(real_pipelines.table(real_reports[name]))
+        print()
+        print(real_pipelines.summary(real_reports))
     results = {}
     if not args.no_checks:
         results = {name: checks(score_fn, references)}
@@ -508,6 +552,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nblur score, mean over {len(references)} photos:\n{motion_angles(score_fn, references)}")
     if args.json:
         args.json.write_text(json.dumps({"reports": {n: r.as_dict() for n, r in reports.items()},
+                                         "real": {n: r.as_dict() for n, r in real_reports.items()},
                                          "checks": {n: [vars(c) for c in cs] for n, cs in results.items()}},
                                         indent=1, default=float))
     return 0
