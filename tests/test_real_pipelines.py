@@ -201,8 +201,9 @@ def test_it_shares_no_code_with_the_training_degradations():
 def test_training_does_not_import_it_but_to_evaluate():
     importers = {path.name for path in sorted((ROOT / "training").glob("*.py"))
                  if any(n.endswith("real_pipelines") for n in _imports(path))}
-    # evaluate.py runs it; train.py may, to choose checkpoints on it, never to make training pictures.
-    assert importers <= {"evaluate.py", "train.py"}, importers
+    # evaluate.py runs it; select.py (and train.py, if it ever does) chooses checkpoints on it: neither makes
+    # training pictures.
+    assert importers <= {"evaluate.py", "select.py", "train.py"}, importers
     assert "evaluate.py" in importers
     program = ("import sys, training.train, training.degradations, training.synthetic, training.photos\n"
                "print(sorted(m for m in sys.modules if m.endswith('real_pipelines')))")

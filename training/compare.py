@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     cache = photo_pool.CACHE / "select"
     scorers = {"baseline": select.Scorer(args.init, cache)}
     scorers.update({name: select.Scorer(path, cache) for name, path in weights.items()})
-    figures = select.evaluate(scorers, references, positions, real_cache=cache / "real-pictures")
+    figures = select.evaluate(scorers, references, positions)
     print(f"\n{len(references)} validation photos ({args.photos}), CPU budget {args.cpu_minutes:g} min per option\n")
     print(select.table(figures))
     base = figures["baseline"]

@@ -57,11 +57,12 @@ class Figures:
         return float(np.mean(list(self.specificity.get("real", {}).values())))
 
 
-def photo_set(pool: Path, which: str) -> tuple[list[np.ndarray], list[int]]:
+def photo_set(pool: Path, which: str, limit: int | None = None) -> tuple[list[np.ndarray], list[int]]:
+    """The validation photos at KADID's size: `which` half (module docstring), the first `limit` of it."""
     references = references_from_pool(pool, "validation")
-    positions = {"all": range(len(references)), "selection": range(0, len(references), 2),
-                 "report": range(1, len(references), 2)}[which]
-    return [references[i] for i in positions], list(positions)
+    positions = list({"all": range(len(references)), "selection": range(0, len(references), 2),
+                      "report": range(1, len(references), 2)}[which])[:limit]
+    return [references[i] for i in positions], positions
 
 
 def weights_key(path: Path) -> str:
@@ -106,8 +107,9 @@ def evaluate(scorers: dict[str, Scorer], references: list[np.ndarray], positions
         elif suite == "real":
             from training import real_pipelines
 
-            entries, pictures = real_pipelines.build_set(references, workers, cache_dir=real_cache)
-            version = real_pipelines.VERSION if hasattr(real_pipelines, "VERSION") else "0"
+            entries, pictures = real_pipelines.build_set(references, workers,
+                                                         cache_dir=real_cache or real_pipelines.DEFAULT_CACHE)
+            version = real_pipelines.CACHE_VERSION
             for name, scorer in scorers.items():
                 report = real_pipelines.metrics(entries, scorer(f"real{version}-{tag}", pictures))
                 kinds = list(report.level1_mean)
@@ -171,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("candidates", nargs="+", type=Path, help="fp16 weights files (a run's weights.fp16.pt)")
     parser.add_argument("--baseline", type=Path, default=COMMITTED)
     parser.add_argument("--photos", choices=("selection", "report", "all"), default="selection")
+    parser.add_argument("--limit", type=int, help="only the first N photos of that half (a quick look)")
     parser.add_argument("--suites", default=",".join(SUITES), help=f"comma-separated, from {', '.join(SUITES)}")
     parser.add_argument("--pool", type=Path, default=photo_pool.CACHE / "pool")
     parser.add_argument("--cache", type=Path, default=photo_pool.CACHE / "select")
@@ -181,10 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(suites) - set(SUITES)
     if unknown:
         parser.error(f"unknown suite(s) {sorted(unknown)}: choose from {', '.join(SUITES)}")
-    references, positions = photo_set(args.pool, args.photos)
+    references, positions = photo_set(args.pool, args.photos, args.limit)
     scorers = {"baseline": Scorer(args.baseline, args.cache)}
     scorers.update({str(c): Scorer(c, args.cache) for c in args.candidates})
-    figures = evaluate(scorers, references, positions, suites, args.workers, args.cache / "real-pictures")
+    figures = evaluate(scorers, references, positions, suites, args.workers)
     print(f"{len(references)} validation photos ({args.photos}); baseline {args.baseline}\n")
     print(table(figures))
     verdicts = {}
