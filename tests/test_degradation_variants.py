@@ -15,7 +15,7 @@ from iqa.network import DegradationNet
 from training import photos as photo_pool
 from training import synthetic, train
 from training.degradations import (
-    BY_NAME, EXTRA_TYPES, LEVEL_STRENGTHS, TONES, TYPES, Recipe, desaturate, grey, random_recipe,
+    BY_NAME, EXTRA_TYPES, LEVEL_STRENGTHS, TONES, TYPES, Recipe, desaturate, grey, random_recipe, type_weights,
 )
 
 DATA = Path(__file__).parent / "data"
@@ -170,3 +170,21 @@ def test_training_samples_include_rendered_pictures():
     assert not torch.equal(rendered, photo)
     evidence = DegradationNet.patch_evidence(torch.stack([only_rendered[i][0] for i in range(4)]).flatten(0, 1))
     assert evidence.shape == (8, 4)
+
+
+def test_a_machine_without_an_encoders_library_trains_on_the_other_types(monkeypatch):
+    """The GPU machine carries torch and Pillow only: PyAV, pillow-heif and OpenCV types leave the mix with a
+    warning instead of crashing the run at their first draw."""
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name in ("av", "pillow_heif", "cv2") else find_spec(name, *args))
+    with pytest.warns(UserWarning, match="left out of the training mix") as warned:
+        mix = type_weights()
+    gone = {"heic", "h264", "hevc", "vp9", "av1", "camera_noise", "resolution_loss"}
+    assert all(name in str(warned[0].message) for name in gone)
+    assert all(mix[BY_NAME[name].family][name] == 0 for name in gone)
+    rng = np.random.default_rng(1)
+    drawn = {name for _ in range(1500) for name, *_ in random_recipe(rng, mix).steps}
+    assert drawn and not drawn & gone and "avif" in drawn and "jpeg" in drawn

@@ -25,6 +25,7 @@ held-out implementation that nothing here imports.
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -642,14 +643,40 @@ KADID_VARIANT_SHARE = 0.4
 TONE_WEIGHTS = {"colour": 0.77, "grey_before": 0.1, "grey_after": 0.05, "desaturated": 0.08}
 
 
+# What a type's encoders need beyond numpy, torch and Pillow's core: a machine without them (the GPU machine
+# carries only torch and Pillow) trains on the other types instead of dying at the first draw of one.
+REQUIRES = {"avif": ("PIL:avif",), "heic": ("pillow_heif",), "h264": ("av",), "hevc": ("av",), "vp9": ("av",),
+            "av1": ("av",), "camera_noise": ("cv2",), "resolution_loss": ("cv2",)}
+
+
+def missing_libraries(name: str) -> list[str]:
+    """The libraries type `name` needs that this machine lacks (REQUIRES; "PIL:x" is a Pillow feature)."""
+    import importlib.util
+
+    from PIL import features
+
+    missing = []
+    for need in REQUIRES.get(name, ()):
+        present = features.check(need[4:]) if need.startswith("PIL:") else importlib.util.find_spec(need) is not None
+        if not present:
+            missing.append(need)
+    return missing
+
+
 def type_weights(overrides: dict[str, float] | None = None) -> dict[str, dict[str, float]]:
-    """TYPE_WEIGHTS with some types' weights replaced, e.g. {"motion_blur": 2.0}."""
+    """TYPE_WEIGHTS with some types' weights replaced, e.g. {"motion_blur": 2.0}; a type whose libraries this
+    machine lacks (missing_libraries) gets weight 0, and a warning says so."""
     overrides = dict(overrides or {})
     unknown = set(overrides) - set(BY_NAME)
     if unknown:
         raise ValueError(f"unknown distortion type(s) {sorted(unknown)}: choose from {sorted(BY_NAME)}")
     if any(w < 0 for w in overrides.values()):
         raise ValueError(f"type weights must be >= 0, got {overrides}")
+    unusable = {name: missing for name in BY_NAME if (missing := missing_libraries(name))}
+    if unusable:
+        warnings.warn("left out of the training mix, their libraries are missing here: "
+                      + ", ".join(f"{name} ({', '.join(missing)})" for name, missing in unusable.items()), stacklevel=2)
+        overrides.update(dict.fromkeys(unusable, 0.0))
     weights = {family: {name: overrides.get(name, w) for name, w in kinds.items()} for family, kinds in TYPE_WEIGHTS.items()}
     for family, kinds in weights.items():
         if sum(kinds.values()) <= 0:
