@@ -339,3 +339,16 @@ def test_the_video_command_prints_one_row_per_crf(triton, tmp_path, capsys):
     with pytest.raises(SystemExit):
         rp.main(["video", "--encoders", "mjpeg"])
     assert "unknown encoder 'mjpeg'" in capsys.readouterr().err
+
+
+def test_the_levels_table_gives_each_codecs_setting_and_mean_score_per_level():
+    entries = [rp.Entry(0, None, 0), rp.Entry(1, None, 0)] + _entries(["webp", "luma_noise"])
+    scores = np.zeros((len(entries), 3))
+    compression = rp.FAMILIES.index("compression")
+    for i, e in enumerate(entries):
+        scores[i, compression] = 0.02 if e.kind is None else e.level / 10 + e.photo / 1000
+    table = rp.levels_table(entries, scores).splitlines()
+    assert len(table) == 3 and "luma_noise" not in "\n".join(table)  # the compression kinds present only
+    webp = table[2].split(" | ")
+    assert "libwebp quality 75 / 50 / 30 / 15 / 5" in webp[1] and webp[2] == "0.02"
+    assert [float(v.strip(" |")) for v in webp[3:]] == [0.1, 0.2, 0.3, 0.4, 0.5]  # photos 0 and 1: +0.0005

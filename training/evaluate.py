@@ -534,14 +534,16 @@ def main(argv: list[str] | None = None) -> int:
 
         start, counts = time.perf_counter(), {}
         scorers = {name: score_fn, **({"classical": classical_scorer} if args.baselines else {})}
-        real_reports = real_pipelines.evaluate(scorers, references, args.workers, real_cache, real_kinds,
-                                               counts=counts)[0]
+        real_reports, real_entries, real_scores = real_pipelines.evaluate(
+            scorers, references, args.workers, real_cache, real_kinds, counts=counts)
         seconds = time.perf_counter() - start
         kinds = real_kinds or list(real_pipelines.BY_NAME)
         print(f"\nreal encoders and camera pipelines (training/real_pipelines.py): {len(references)} {args.split}"
               f" photos x {len(kinds)} kinds x {len(LEVELS)} levels + pristine, built and scored in {seconds:.0f} s"
               f" (cache {real_cache}: {counts['cached']} files read, {counts['encoded']} encoded)\n")
         print(real_pipelines.table(real_reports[name]))
+        print(f"\nthe compression score per encoder setting ({name}, mean over the photos):\n"
+              + real_pipelines.levels_table(real_entries, real_scores[name]))
         print()
         print(real_pipelines.summary(real_reports))
     results = {}

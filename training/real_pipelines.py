@@ -731,6 +731,27 @@ TARGETS = {"all SRCC": 0.95, "all specificity": 0.95, "codec SRCC": 0.95, "codec
            "raw noise compression rise": 0.10}
 
 
+def levels_table(entries: Sequence[Entry], scores: np.ndarray, family: str = "compression") -> str:
+    """What a score means per encoder: for each kind of `family`, its setting at each level and the mean of
+    the related score over the photos there (pristine first). A markdown table.
+
+    entries, scores: as metrics() takes them."""
+    scores = np.asarray(scores, dtype=np.float64)
+    column = FAMILIES.index(family)
+    pristine = float(np.mean([scores[i, column] for i, e in enumerate(entries) if e.kind is None]))
+    lines = [f"| kind | setting | pristine | " + " | ".join(f"L{level}" for level in LEVELS) + " |",
+             "|---|---|---:|" + "---:|" * len(LEVELS)]
+    for kind in KINDS:
+        if kind.family != family or not any(e.kind is kind for e in entries):
+            continue
+        means = [np.mean([scores[i, column] for i, e in enumerate(entries) if e.kind is kind and e.level == level])
+                 for level in LEVELS]
+        settings = " / ".join(f"{v:g}" for v in kind.levels)
+        lines.append(f"| {kind.name} | {kind.setting} {settings} | {pristine:.2f} | "
+                     + " | ".join(f"{m:.2f}" for m in means) + " |")
+    return "\n".join(lines)
+
+
 def table(report: Report) -> str:
     """A markdown table, one row per kind: setting, related score at levels 1 and 5, SRCC, PLCC,
     specificity and the other two scores' rise; then the means per family and over all kinds."""
