@@ -194,7 +194,9 @@ def _retry_pause(retry: RetryPolicy, err: InferenceServerException, attempt: int
     transient = status in TRANSIENT or (status == RELOADING[0] and RELOADING[1] in message)
     if not transient:
         return None
-    if status == UNREACHABLE:  # until the deadline: the caller fails once its pause has spent the rest
+    # An overloaded server also answers UNAVAILABLE, but it answers: `attempts` bounds those retries.
+    overloaded = any(m in message for m in OVERLOAD_MESSAGES)
+    if status == UNREACHABLE and not overloaded:  # until the deadline: the caller fails once its pause spent the rest
         return min(pause, max(deadline.left(), 0.0))
     if attempt + 1 >= retry.attempts or pause >= deadline.left():
         return None
