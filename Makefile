@@ -60,7 +60,7 @@ bench: $(MODEL) $(CELLS_MODEL)
 loadtest: $(MODEL) $(CELLS_MODEL)
 	$(PY) -m loadtest.run $(LOADTEST_ARGS)
 
-# Training (training/, README "The model"): the photo pool (Debian packages, cached outside git),
+# Training (training/, docs/model.md): the photo pool (Debian packages, cached outside git),
 # a training run (TRAIN_ARGS; the full run wants a GPU: training/gpu_run.sh) and the evaluations: KADID-style
 # (two implementations) and real encoders and camera pipelines (training/real_pipelines.py; its encoded files
 # are cached in ~/.cache/iqa-degradation/real-pipelines).

@@ -6,7 +6,7 @@
 - the container's entry point (`python -m iqa.serving.watchdog -- tritonserver ...`) does the same
   around a bare tritonserver command line, and drains on SIGTERM.
 
-The three-rounds figures come from `python -m loadtest.faults` (README "Faults").
+The three-rounds figures come from `python -m loadtest.faults` (docs/operations.md).
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def test_ordinary_clients_cannot_unload_models(guarded):
         assert refused.value.status() == "403"
         assert client.is_model_ready(NETWORK_MODEL)
     finally:
-        client.close()  # an open HTTP connection would hold up the server's shutdown (README)
+        client.close()  # an open HTTP connection would hold up the server's shutdown (docs/operations.md)
 
 
 def _children(pid: int) -> list[int]:

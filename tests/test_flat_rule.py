@@ -95,7 +95,7 @@ def _strongly_negative(model):
 
 
 def test_in_fp16_a_picture_with_content_never_scores_exactly_zero():
-    """Exactly 0.0 means "no evidence" (README): in fp16 a sigmoid of -20 is 0.0, so pooling and the sigmoid
+    """Exactly 0.0 means "no evidence" (docs/model.md): in fp16 a sigmoid of -20 is 0.0, so pooling and the sigmoid
     must run in fp32 also when the network runs in half precision, eager, traced and the map."""
     batch = _batch()
     with torch.inference_mode():

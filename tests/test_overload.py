@@ -4,7 +4,7 @@ answers what it accepts correctly, and the client's retries turn refusals into s
 The server here is the production repository with its queues shrunk to QUEUE requests (through the
 launcher's config_edit hook), so a few dozen concurrent requests overload it within seconds on
 two CPU cores. The 60-second run at 10x saturation with the committed queue sizes is
-`python -m loadtest.overload` (README "Overload").
+`python -m loadtest.overload` (docs/operations.md "Overload").
 """
 
 from __future__ import annotations

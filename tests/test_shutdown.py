@@ -1,6 +1,6 @@
 """Graceful shutdown of the real server: SIGTERM in the middle of load loses no accepted request.
 
-What Triton 2.51 does on SIGTERM (measured, README "Shutdown"): it finishes the requests in
+What Triton 2.51 does on SIGTERM (measured, docs/operations.md "Shutdown"): it finishes the requests in
 flight, refuses new ones (UNAVAILABLE "Server is stopping", then NOT_FOUND "has no available
 versions" once the models are unloaded, then UNAVAILABLE connection refused; a call that lands
 as the gRPC server closes gets CANCELLED), and exits 0 within --exit-timeout-secs. The IQA client

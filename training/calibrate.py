@@ -12,7 +12,7 @@ target by linear interpolation. Where the encoder's strongest setting does less 
 so. The camera's noise gain is the ratio of KADID white noise's error at level 5 to the camera's at gain 1.
 
 It prints the anchors to paste into training/degradations.py (strength 0's anchor is kept) and the damage
-table README shows. Training photos only: the evaluation's photos never take part.
+table docs/model.md shows. Training photos only: the evaluation's photos never take part.
 """
 
 from __future__ import annotations

@@ -541,7 +541,7 @@ RESOLUTION_LOSS_ANCHORS = (1.0, 0.98, 0.974, 0.507, 0.241, 0.095)
 
 # Not KADID types: the codecs pictures travel through today and resolution loss. Each codec's setting at KADID's
 # levels 1-5 does the mean squared damage JPEG does at that level over training photos (512x384), found by
-# `python -m training.calibrate` (its table is in README, "The model"); where the encoder's strongest setting
+# `python -m training.calibrate` (its table is in docs/model.md); where the encoder's strongest setting
 # does less (WebP and AVIF at level 5), the last levels are its last steps. The anchor at strength 0 is a
 # visually lossless setting, interpolated towards level 1.
 def _codec(name: str, anchors: tuple[float, ...], calibrated_levels: int, *variants: Variant) -> DistortionType:

@@ -5,7 +5,7 @@
     python -m training.train --resume training/runs/default              # continue a run
     python -m training.train --init training/weights/iqa_resnet50.fp16.pt --lr 1e-3 --seed 1   # a warm restart
     python -m training.train --device cpu --init training/weights/iqa_resnet50.fp16.pt --bank BANK \
-        --bn frozen --ema 0.998 --lr 3e-5 --batch 8 --views 4 --workers 1     # the safe CPU warm restart (README)
+        --bn frozen --ema 0.998 --lr 3e-5 --batch 8 --views 4 --workers 1     # the safe CPU warm restart (docs/model.md)
 
 One sample is one virtual picture: a random crop (256-512 px a side) of a pool photo at a
 random scale, degraded by a random recipe (training.degradations), then cut into patches

@@ -21,7 +21,7 @@ class Scores:
         """The service's answer for a picture that holds no evidence of any degradation: exactly 0.0 on all
         three scores. The server gives it when none of the picture's sampled patches holds detail (a black
         frame, a plain fill: iqa/network.py NO_EVIDENCE_LOGIT); a picture with content never scores exactly
-        0.0 on all three (each is an FP32 sigmoid, exactly 0.0 only below a logit of about -88: README,
+        0.0 on all three (each is an FP32 sigmoid, exactly 0.0 only below a logit of about -88: docs/model.md,
         "The model")."""
         return self.noise == 0.0 and self.blur == 0.0 and self.compression == 0.0
 

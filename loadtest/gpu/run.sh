@@ -19,7 +19,7 @@ python3 -m loadtest.bench --device cuda --fp16 ${BENCH_ARGS:---batches 1 8 32 --
   2>&1 | grep -v -E '^[IWE][0-9]{4} ' | tee "$out/bench.txt"
 cp .run/bench-on/tritonserver.log "$out/tritonserver.log" 2>/dev/null || true
 # The first call at each new batch size under the PyTorch backend's three JIT settings (the committed
-# config disables optimised execution: README "Precision and first requests"); FIRST_BATCH=0 skips it.
+# config disables optimised execution: docs/serving.md "Precision and first requests"); FIRST_BATCH=0 skips it.
 if [ "${FIRST_BATCH:-1}" != 0 ]; then
   python3 -m loadtest.first_batch --device cuda --repeats 5 --rounds 2 2>&1 | grep -v -i warn | tee "$out/first_batch.txt"
 fi
