@@ -137,7 +137,10 @@ def test_a_server_stopped_mid_run_ends_each_run_with_one_line_and_exit_3(tmp_pat
 def test_ctrl_c_mid_run_exits_130_keeping_the_rows_and_resume_scores_only_the_rest(triton, tmp_path):
     files = photo_folder(tmp_path / "photos", 20)
     out = tmp_path / "scores.csv"
-    run = iqa("score", tmp_path / "photos", "--csv", "-o", out, "--concurrency", 1, "--url", triton.grpc_url)
+    # As from a terminal: a test run started in the background (`pytest &` in a script) has SIGINT ignored, and
+    # its children would inherit that.
+    run = iqa("score", tmp_path / "photos", "--csv", "-o", out, "--concurrency", 1, "--url", triton.grpc_url,
+              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     wait_for_rows(out, 2, run)
     run.send_signal(signal.SIGINT)
     _, err = run.communicate(timeout=60)
