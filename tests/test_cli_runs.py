@@ -123,6 +123,7 @@ def test_a_server_stopped_mid_run_ends_each_run_with_one_line_and_exit_3(tmp_pat
         (line,) = iqa_lines(err)  # one line: no failed row per item, no summary
         assert line.startswith("iqa: ") and f"stopped after" in line and unit in line and "no summary" in line, line
         assert "mean" not in out + err and "Traceback" not in err
+        assert "the same command with --resume goes on from them" in line, line
         rows = list(csv.DictReader(io.StringIO(path.read_text())))
         assert len(rows) >= 3 and all(not row["error"] and row["noise"] for row in rows), rows[-3:]
     library.join(timeout=120)
@@ -343,9 +344,27 @@ def test_iqa_score_takes_urls_stdin_and_a_missing_path_fails_alone(triton, clien
     assert piped.returncode == 0, piped.stderr
     (row,) = csv.DictReader(io.StringIO(piped.stdout.decode()))
     assert row["path"] == "-" and close(scores_of(row), client.score(DATA / "lighthouse.jpg"))
+    assert b"\r" not in piped.stdout  # lines end in "\n", as grep, cut and awk expect
     mapped = subprocess.run([str(IQA), "map", "-", "--json", "--url", triton.grpc_url],
                             input=(DATA / "sheep.jpg").read_bytes(), capture_output=True, timeout=120)
     assert mapped.returncode == 0 and json.loads(mapped.stdout)["grid"] == [3, 4], mapped.stderr
+    assert json.loads(mapped.stdout)["source"] == "-"  # standard input is named as it was given
+    table = subprocess.run([str(IQA), "map", "-", "--url", triton.grpc_url], input=(DATA / "sheep.jpg").read_bytes(),
+                           capture_output=True, timeout=120)
+    assert table.returncode == 0 and table.stdout.decode().startswith("-: 512x"), table.stdout[:80]
+
+
+def test_answers_past_the_timeout_name_the_timeout_and_what_to_change(triton, tmp_path):
+    """A busy server, not a bad picture: the summary says which knob helps and that --resume redoes only those."""
+    folder = tmp_path / "photos"
+    photo_folder(folder, 1)
+    run = subprocess.run([str(IQA), "score", folder, "--csv", "--timeout", "0.001", "--url", triton.grpc_url],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == cli.EXIT_FAILED_ITEMS == 1, run.stderr
+    rows = list(csv.DictReader(io.StringIO(run.stdout)))
+    assert len(rows) == 3 and all("within the timeout" in row["error"] for row in rows), rows
+    assert ("3 got no answer within the 0.001 s timeout: raise --timeout or lower --concurrency (now 8)"
+            in run.stderr and "--resume" in run.stderr), run.stderr
 
 
 def test_one_error_family_for_inputs_that_cannot_be_read(client, triton, tmp_path):

@@ -404,7 +404,8 @@ class Rows:
     def __init__(self, out, fmt: str | None, key: str, width: int = 0) -> None:
         self.out, self.fmt, self.key, self.width = out, fmt, key, max(width, len(key))
         self.columns = (key, "noise", "blur", "compression", "error")
-        self.csv = csv.writer(out) if fmt == "csv" else None
+        # Lines end in "\n", as grep, cut and awk expect (the csv module's default is RFC 4180's "\r\n").
+        self.csv = csv.writer(out, lineterminator="\n") if fmt == "csv" else None
         self.written = 0
 
     def header(self) -> None:
@@ -502,12 +503,20 @@ def server_gone(client, outcome, map_model: bool = False) -> IQAError | None:
     return None
 
 
-def stopped(err: IQAError, done: int, total: int | None, unit: str, rows: Rows | None, where: str) -> int:
+def stopped(err: IQAError, done: int, total: int | None, unit: str, rows: Rows | None, where: str, args) -> int:
     """One line for a run the server left: what stopped it and how far it got; no summary of a part."""
-    kept = f"; the {rows.written} rows written{where} are kept" if rows else ""
-    print(f"iqa: {err}: stopped after {done}{f' of {total}' if total else ''} {unit}{kept}; no summary",
-          file=sys.stderr)
+    kept = f"; the {rows.written} rows written{where} are kept{resume_hint(rows, args)}" if rows else ""
+    print(f"iqa: the server stopped serving ({err}): stopped after {done}{f' of {total}' if total else ''} "
+          f"{unit}{kept}; no summary", file=sys.stderr)
     return EXIT_SERVER
+
+
+def resume_hint(rows: Rows | None, args) -> str:
+    """How to go on from the rows written, when a later run can (CSV or JSON Lines rows)."""
+    if not rows or not args.format:  # rows redirected to a file (`> scores.csv`) can be gone on from just the same
+        return ""
+    return (" (the same command with --resume goes on from them)" if args.output else
+            " (the same command with -o <that file> --resume goes on from them)")
 
 
 def report_skipped(found: Inputs) -> None:
@@ -536,7 +545,7 @@ def cmd_score(client, args) -> int:
         if kept:
             print(f"iqa: resuming: {len(found.items) - len(todo)} of {len(found.items)} files already scored in "
                   f"{args.output}", file=sys.stderr)
-        failed = done = 0
+        failed = done = timed_out = 0
         with Progress("scoring", "files", args.progress) as progress:
             try:
                 with contextlib.closing(client.iter_score_many([source for _, source in todo],
@@ -546,24 +555,26 @@ def cmd_score(client, args) -> int:
                         gone = server_gone(client, outcome)
                         if gone:
                             progress.close()
-                            return stopped(gone, done, len(todo), "files", rows, where)
+                            return stopped(gone, done, len(todo), "files", rows, where, args)
                         rows.write(score_record(name, outcome))
                         done += 1
                         failed += not isinstance(outcome, Scores)
+                        timed_out += isinstance(outcome, IQATimeoutError)
             except KeyboardInterrupt:
                 progress.close()
                 return interrupted(done, len(todo), "files", rows, where, args)
     if failed:
         print(f"iqa: {failed} of {len(todo)} failed (each named in the output)", file=sys.stderr)
+    if timed_out:  # a busy server, not bad pictures: say which knob helps and how to redo only those
+        print(f"iqa: {timed_out} got no answer within the {args.timeout:g} s timeout: raise --timeout or lower "
+              f"--concurrency (now {args.concurrency}); with -o FILE --resume a second run scores only the "
+              f"failed ones", file=sys.stderr)
     return EXIT_FAILED_ITEMS if failed else EXIT_OK
 
 
 def interrupted(done: int, total: int | None, unit: str, rows: Rows | None, where: str, args) -> int:
     kept = f": the {rows.written} rows written{where} are kept" if rows else ""
-    resume = ""
-    if rows and args.format:  # rows redirected to a file (`> scores.csv`) can be gone on from just the same
-        resume = (" (the same command with --resume goes on from them)" if args.output else
-                  " (the same command with -o <that file> --resume goes on from them)")
+    resume = resume_hint(rows, args)
     print(f"iqa: interrupted after {done}{f' of {total}' if total else ''} {unit}{kept}{resume}", file=sys.stderr)
     return EXIT_INTERRUPTED
 
@@ -600,7 +611,7 @@ def cmd_video(client, args) -> int:
                         gone = server_gone(client, outcome)
                         if gone:
                             progress.close()
-                            return stopped(gone, done + len(kept), total, "frames", rows, where)
+                            return stopped(gone, done + len(kept), total, "frames", rows, where, args)
                         if rows:
                             rows.write(frame_record(time_s, outcome))
                         times.append(time_s)

@@ -173,8 +173,11 @@ def describe(image: ImageLike) -> str:
     if isinstance(image, (str, os.PathLike)):
         name = str(image)  # a picture passed as text (a data: URL) would fill the message
         return name if len(name) <= 200 else f"{name[:60]}... ({len(name)} characters)"
-    if hasattr(image, "read") and not hasattr(image, "mode"):
-        return str(getattr(image, "name", "a stream"))
+    if hasattr(image, "read"):  # a binary file object: its file name, "-" for standard input (as `iqa` writes it)
+        name = getattr(image, "name", None)
+        if name in ("<stdin>", 0):
+            return "-"
+        return os.fsdecode(name) if isinstance(name, (str, bytes, os.PathLike)) else "a stream"
     if isinstance(image, np.ndarray):
         return f"array {'x'.join(map(str, image.shape))} {image.dtype}"
     if isinstance(image, (bytes, bytearray, memoryview)):
