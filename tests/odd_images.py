@@ -156,7 +156,7 @@ def as_text(data: bytes, data_url: bool = False) -> bytes:
 
 
 # name -> (bytes factory, None to be scored | phrase the error must contain)
-CASES = {
+_CASES = {
     "zero_bytes": (lambda: b"", "empty input"),
     "text_file": (lambda: b"name,score\nsheep,0.5\n" * 20, "not a recognised image"),
     "truncated_jpeg": (lambda: PHOTO.read_bytes()[: PHOTO.stat().st_size // 2], "truncated"),
@@ -213,3 +213,7 @@ CASES = {
     "jpeg2000_codestream": (lambda: encode(photo(), "JPEG2000", no_jp2=True), "JPEG 2000 is not accepted"),
     "jpeg_xl": (jpeg_xl_like, "JPEG XL is not accepted"),
 }
+
+# Each factory makes its bytes once per test session: the HEIF / AVIF encodes take ~4 s a pass on the
+# 2-vCPU VM, and test_preprocess, test_map and test_batch_decode (twice) walk the whole matrix.
+CASES = {name: (functools.cache(make), error) for name, (make, error) in _CASES.items()}

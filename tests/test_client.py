@@ -38,7 +38,7 @@ from iqa_client import cli
 from iqa_client.images import png_from_array
 from iqa_client.video import VideoReport
 from tests import odd_images
-from tests.conftest import DATA
+from tests.conftest import DATA, without_warmup
 
 TOLERANCE = 1e-4  # as in test_server: same model, different batch companions
 
@@ -444,8 +444,9 @@ def tls_triton(tmp_path_factory):
                     "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True)
     server = TritonServer(ports=Ports(*free_ports(3)), run_dir=run_dir, log_file=run_dir / "tritonserver.log",
-                          exit_timeout_s=5, extra_args=["--grpc-use-ssl=true", f"--grpc-server-cert={cert}",
-                                                        f"--grpc-server-key={key}", f"--grpc-root-cert={cert}"])
+                          exit_timeout_s=5, config_edit=without_warmup(),
+                          extra_args=["--grpc-use-ssl=true", f"--grpc-server-cert={cert}", f"--grpc-server-key={key}",
+                                      f"--grpc-root-cert={cert}"])
     with server:
         yield server, cert
 

@@ -30,6 +30,7 @@ from iqa.serving.launcher import REPO, Ports, TritonServer, free_ports
 from iqa.serving.watchdog import PROBE_IMAGE, SHM_DIR, probe, python_stubs, shm_region_prefix
 from loadtest.faults import kill_stub, ready
 from loadtest.pressure import Pressure
+from tests.conftest import without_warmup
 
 NOT_READY_WITHIN_S = 5.0
 # Measured on 2 CPU cores (python -m loadtest.faults): ~1 s for iqa_preprocess, ~4 s for the network.
@@ -47,8 +48,12 @@ def two_preprocess_instances(model: str, config: str) -> str:
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("guarded")
+    # A short exit timeout: a model version whose stub was killed stays "live" at shutdown, and the server
+    # would wait out all of it (10 s of the module's time) before exiting anyway.
     server = TritonServer(ports=Ports(*free_ports(3)), run_dir=run_dir, log_file=run_dir / "tritonserver.log",
-                          exit_timeout_s=10, watchdog=True, health_port=0, config_edit=two_preprocess_instances)
+                          exit_timeout_s=3, watchdog=True, health_port=0,
+                          # the network keeps its warm-up: reloading it is part of CORRECT_AGAIN_WITHIN_S
+                          config_edit=without_warmup(two_preprocess_instances, keep=(NETWORK_MODEL,)))
     with server:
         deadline = time.monotonic() + 30
         while not ready(server.health_url) and time.monotonic() < deadline:
@@ -127,7 +132,7 @@ def test_the_container_entry_point_locks_the_admin_api_recovers_a_dead_stub_and_
     """What docker/Dockerfile's CMD runs, here around the wheel's tritonserver: the command after "--"
     carries no restriction flags, the watchdog adds them with its own secret."""
     ports, health_port = Ports(*free_ports(3)), free_ports(1)[0]
-    args, env = TritonServer(ports=ports, run_dir=tmp_path, exit_timeout_s=10).command()
+    args, env = TritonServer(ports=ports, run_dir=tmp_path, exit_timeout_s=10, config_edit=without_warmup()).command()
     bare = [a for a in args if not a.startswith(("--http-restricted-api", "--grpc-restricted-protocol"))]
     health = f"http://127.0.0.1:{health_port}"
     # A region an earlier, killed server left behind (in a pod: the Memory emptyDir outlives the container).

@@ -17,6 +17,7 @@ from tritonclient.grpc import model_config_pb2 as pb
 
 from iqa.serving import launcher
 from iqa.serving.launcher import LaunchError, Ports, TritonServer
+from tests.conftest import without_warmup
 
 
 def test_taken_ports_are_reported_together_by_number_and_name(tmp_path):
@@ -275,7 +276,7 @@ def test_the_admin_secret_reaches_the_server_but_not_the_log(tmp_path, caplog, m
 
 def test_a_stop_held_up_by_an_open_http_connection_says_so(tmp_path, caplog):
     server = TritonServer(ports=Ports(*launcher.free_ports(3)), run_dir=tmp_path, log_file=tmp_path / "log",
-                          exit_timeout_s=5)
+                          exit_timeout_s=5, config_edit=without_warmup())
     with server:
         keep_alive = http.client.HTTPConnection("127.0.0.1", server.ports.http, timeout=10)
         keep_alive.request("GET", "/v2/health/ready")

@@ -20,7 +20,7 @@ from tritonclient.utils import InferenceServerException
 from iqa import contract
 from iqa.serving import launcher
 from iqa.serving.launcher import LaunchError, Ports, TritonServer, free_ports
-from tests.conftest import DATA, image_tensor
+from tests.conftest import DATA, image_tensor, without_warmup
 from tests.test_launcher import _with_machine_changes
 
 
@@ -79,7 +79,7 @@ def test_a_platform_name_given_as_the_backend_fails_the_load(tmp_path):
     config.write_text(config.read_text().replace('backend: "pytorch"', 'backend: "pytorch_libtorch"'))
     log = tmp_path / "tritonserver.log"
     server = TritonServer(repository=source, run_dir=tmp_path / "run", ports=Ports(*free_ports(3)), log_file=log,
-                          exit_timeout_s=5, ready_timeout_s=120)
+                          exit_timeout_s=5, ready_timeout_s=120, config_edit=without_warmup())
     with pytest.raises(LaunchError, match="exited with code 1 before it was ready"):
         with server:
             pass

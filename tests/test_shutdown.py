@@ -17,6 +17,7 @@ import numpy as np
 from iqa.contract import SCORE_NAMES
 from iqa.serving.launcher import Ports, TritonServer, free_ports
 from loadtest.pressure import Pressure, summary
+from tests.conftest import without_warmup
 
 EXIT_TIMEOUT_S = 10
 
@@ -31,7 +32,7 @@ def test_sigterm_under_load_finishes_accepted_requests_refuses_new_ones_and_exit
         tmp_path, photos, score_in_process):
     expected = [np.array([score_in_process(d)[n] for n in SCORE_NAMES]) for d in photos.values()]
     server = TritonServer(ports=Ports(*free_ports(3)), run_dir=tmp_path, log_file=tmp_path / "tritonserver.log",
-                          exit_timeout_s=EXIT_TIMEOUT_S)
+                          exit_timeout_s=EXIT_TIMEOUT_S, config_edit=without_warmup())
     with server:
         load = Pressure(server.grpc_url, list(photos.values()), concurrency=6, expected=expected).start()
         time.sleep(5)
