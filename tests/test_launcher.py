@@ -296,3 +296,21 @@ def test_regions_of_launchers_that_no_longer_run_are_removed_and_no_others(tmp_p
         (tmp_path / name).write_bytes(b"\0")
     assert launcher.remove_orphaned_regions(tmp_path) == [names[0]]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[1:])
+
+
+def test_a_second_launcher_on_the_same_run_directory_is_refused_by_name_until_the_first_stops(tmp_path):
+    """Its ports not bound yet while the first loads, a second launcher would pass the port check, relink the
+    repository under the loading server and report that server's readiness as its own (a new user's trial)."""
+    first = TritonServer(ports=Ports(*launcher.free_ports(3)), run_dir=tmp_path / "run")
+    second = TritonServer(ports=Ports(*launcher.free_ports(3)), run_dir=tmp_path / "run")
+    first.lock_run_dir()
+    with pytest.raises(LaunchError, match=rf"another launcher \(PID {os.getpid()}\) is starting or serving from "
+                                          rf".*run: stop it first, or give this one its own run directory \(--run-dir\)"):
+        second.start()
+    assert second.process is None  # refused before anything was started or relinked
+    first.stop()  # never started: nothing to stop but the lock
+    second.lock_run_dir()
+    second.stop()
+    third = TritonServer(ports=Ports(*launcher.free_ports(3)), run_dir=tmp_path / "another")
+    third.lock_run_dir()  # another run directory is another server
+    third.stop()

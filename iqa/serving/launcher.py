@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import functools
 import json
 import logging
@@ -400,6 +401,7 @@ class TritonServer:
     guard: Watchdog | None = None
     health: HealthServer | None = None
     janitor: subprocess.Popen | None = None  # cleans up after the server if this process is killed (start())
+    run_lock: int | None = None  # the open run_dir/launcher.lock this launcher holds while it serves (lock_run_dir)
 
     @property
     def grpc_url(self) -> str:
@@ -473,6 +475,7 @@ class TritonServer:
 
     def start(self) -> TritonServer:
         check_ports_free(self.ports.named() | ({"health": self.health_port} if self.watchdog else {}))
+        self.lock_run_dir()
         orphaned = remove_orphaned_regions()
         if orphaned:
             log.warning("removed %d shared-memory region(s) of launchers that no longer run (killed with their "
@@ -541,6 +544,31 @@ class TritonServer:
             if self.health:
                 self.health.stop()
             self.guard = self.health = None
+            if self.run_lock is not None and (self.process is None or self.process.poll() is not None):
+                os.close(self.run_lock)  # releases the lock
+                self.run_lock = None
+
+    def lock_run_dir(self) -> None:
+        """Hold run_dir/launcher.lock (flock) from start to stop; raise LaunchError while another launcher holds it.
+
+        A second launcher on the same run_dir would relink the model repository and backends under a server
+        that is still loading them, and, its ports not yet bound by the first (Triton binds them after the
+        models load), it would pass the port check and report the first server's readiness as its own. The
+        kernel drops the lock when its holder exits, killed or not; the server and the janitor do not inherit it."""
+        if self.run_lock is not None:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.run_dir / "launcher.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise LaunchError(f"another launcher (PID {holder}) is starting or serving from {self.run_dir}: stop it "
+                              f"first, or give this one its own run directory (--run-dir)") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.run_lock = fd
 
     def _stop_server(self) -> int | None:
         try:
