@@ -432,6 +432,7 @@ def test_the_http_port_or_the_wrong_tls_setting_names_the_fix(triton):
     plain = subprocess.run([str(IQA), "--url", triton.grpc_url, "--tls", "--timeout", "3", "score",
                             str(DATA / "sheep.jpg")], capture_output=True, text=True, timeout=60)
     assert plain.returncode == 3 and "speaks plaintext gRPC, not TLS: connect without TLS" in plain.stderr
+    assert "no TLS server answers at" in plain.stderr and "no Triton server answers" not in plain.stderr
     assert "Handshake failed" not in plain.stderr and len(iqa_lines(plain.stderr)) == 1, plain.stderr  # no gRPC log
     scheme = subprocess.run([str(IQA), "--url", f"http://{triton.grpc_url}", "score", str(DATA / "sheep.jpg")],
                             capture_output=True, text=True, timeout=120)

@@ -178,7 +178,9 @@ def _read(image: ImageLike, index: int | None, timeout: float) -> bytes:
 
 def _unreachable(url: str, err: InferenceServerException, hint: str | None) -> ServerUnreachableError:
     # The hint says more than gRPC's words for the same failure ("Socket closed", "Tls handshake failed ... OK").
-    return ServerUnreachableError(f"no Triton server answers at {url}: {hint or err.message() or err}")
+    # A plaintext server asked for TLS does answer, just not in TLS.
+    lead = "no TLS server answers" if hint and "plaintext gRPC, not TLS" in hint else "no Triton server answers"
+    return ServerUnreachableError(f"{lead} at {url}: {hint or err.message() or err}")
 
 
 def _frame_total(frames, progress: Progress | None) -> Progress | None:
