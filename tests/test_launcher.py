@@ -314,3 +314,10 @@ def test_a_second_launcher_on_the_same_run_directory_is_refused_by_name_until_th
     third = TritonServer(ports=Ports(*launcher.free_ports(3)), run_dir=tmp_path / "another")
     third.lock_run_dir()  # another run directory is another server
     third.stop()
+    # A start that fails before anything runs leaves the run directory free.
+    failing = TritonServer(ports=Ports(*launcher.free_ports(3)), run_dir=tmp_path / "run", tritonserver="/nonexistent")
+    with pytest.raises(LaunchError, match="not found or not executable"):
+        failing.start()
+    assert failing.run_lock is None
+    first.lock_run_dir()
+    first.stop()

@@ -476,6 +476,14 @@ class TritonServer:
     def start(self) -> TritonServer:
         check_ports_free(self.ports.named() | ({"health": self.health_port} if self.watchdog else {}))
         self.lock_run_dir()
+        try:
+            return self._start()
+        except BaseException:
+            if self.process is None:  # nothing started: the run directory is free again
+                self._release_run_dir()
+            raise
+
+    def _start(self) -> TritonServer:
         orphaned = remove_orphaned_regions()
         if orphaned:
             log.warning("removed %d shared-memory region(s) of launchers that no longer run (killed with their "
@@ -544,9 +552,13 @@ class TritonServer:
             if self.health:
                 self.health.stop()
             self.guard = self.health = None
-            if self.run_lock is not None and (self.process is None or self.process.poll() is not None):
-                os.close(self.run_lock)  # releases the lock
-                self.run_lock = None
+            if self.process is None or self.process.poll() is not None:
+                self._release_run_dir()
+
+    def _release_run_dir(self) -> None:
+        if self.run_lock is not None:
+            os.close(self.run_lock)  # releases the lock
+            self.run_lock = None
 
     def lock_run_dir(self) -> None:
         """Hold run_dir/launcher.lock (flock) from start to stop; raise LaunchError while another launcher holds it.
