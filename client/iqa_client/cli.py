@@ -491,13 +491,15 @@ def server_gone(client, outcome, map_model: bool = False) -> IQAError | None:
     """The error that makes the rest of a run pointless, or None when `outcome` is about its item only.
 
     Unreachable or model gone: at once. Any other failure that is not the image's (a timeout, an internal
-    error) is checked with a fresh connect(): a server that still answers means the item failed alone."""
+    error) is checked with a fresh connect() of its own SERVER_CHECK_TIMEOUT_S, not the run's --timeout: a
+    short --timeout on a busy server times items out, and must not make a live server look gone. A server
+    that still answers means the item failed alone."""
     if isinstance(outcome, Scores) or isinstance(outcome, BadImageError):
         return None
     if isinstance(outcome, SERVER_GONE):
         return outcome
     try:
-        client.connect(timeout=min(client.timeout, SERVER_CHECK_TIMEOUT_S), map=map_model)
+        client.connect(timeout=SERVER_CHECK_TIMEOUT_S, map=map_model)
     except IQAError as err:
         return err
     return None
