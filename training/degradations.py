@@ -176,7 +176,13 @@ def shake_kernel(length: float, rng: np.random.Generator) -> np.ndarray:
     turn = np.cumsum(rng.normal(0.0, 0.35, steps))  # the heading drifts: a curve, not a line
     heading = rng.uniform(0, 2 * np.pi) + turn - turn.mean()
     path = np.cumsum(np.stack([np.sin(heading), np.cos(heading)], axis=1), axis=0) * (max(length, 1.0) / steps)
-    path -= (path.max(axis=0) + path.min(axis=0)) / 2  # centred
+    return path_kernel(path)
+
+
+def path_kernel(path: np.ndarray) -> np.ndarray:
+    """A blur kernel from a path of (y, x) points in pixels (float [N, 2]): the path centred in the smallest odd
+    square holding it, each point drawn as a bilinear splat, normalised to sum 1 (float64 [S, S])."""
+    path = path - (path.max(axis=0) + path.min(axis=0)) / 2  # centred
     size = 2 * int(np.ceil(np.abs(path).max() + 1)) + 1
     kernel = np.zeros((size, size))
     y, x = (path + size // 2).T
@@ -251,16 +257,7 @@ def trajectory_kernel(length: float, rng: np.random.Generator, steps: int = 96) 
         position[t] = position[t - 1] + velocity
     path = np.stack([position.imag, position.real], axis=1)
     extent = np.hypot(*(path.max(axis=0) - path.min(axis=0)))  # the bounding box's diagonal, as a line's length
-    path = path * (max(length, 1.0) / max(extent, 1e-9))
-    path -= (path.max(axis=0) + path.min(axis=0)) / 2
-    size = 2 * int(np.ceil(np.abs(path).max() + 1)) + 1
-    kernel = np.zeros((size, size))
-    y, x = (path + size // 2).T
-    y0, x0 = np.floor(y).astype(int), np.floor(x).astype(int)
-    fy, fx = y - y0, x - x0
-    for dy, dx, w in ((0, 0, (1 - fy) * (1 - fx)), (0, 1, (1 - fy) * fx), (1, 0, fy * (1 - fx)), (1, 1, fy * fx)):
-        np.add.at(kernel, (np.clip(y0 + dy, 0, size - 1), np.clip(x0 + dx, 0, size - 1)), w)
-    return kernel / kernel.sum()
+    return path_kernel(path * (max(length, 1.0) / max(extent, 1e-9)))
 
 
 def _trajectory_blur(rgb: np.ndarray, length: float, rng: np.random.Generator) -> np.ndarray:
