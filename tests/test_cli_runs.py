@@ -30,19 +30,9 @@ from iqa_client.channel import grpc_target
 from iqa_client.contract import MAX_IMAGE_BYTES
 from iqa_client.images import MAX_REDIRECTS
 from tests.conftest import DATA, serve
-from tests.test_client import TOLERANCE, write_video
+from tests.test_client import client, close, write_video  # noqa: F401 (client: a fixture)
 
 IQA = Path(sys.executable).parent / "iqa"  # the console script, as a user runs it
-
-
-@pytest.fixture(scope="module")
-def client(triton):
-    with IQAClient(triton.grpc_url, timeout=120) as client:
-        yield client
-
-
-def close(a: Scores, b: Scores) -> bool:
-    return np.allclose([a.noise, a.blur, a.compression], [b.noise, b.blur, b.compression], atol=TOLERANCE)
 
 
 def scores_of(row: dict) -> Scores:
