@@ -164,8 +164,8 @@ def test_training_samples_include_rendered_pictures():
     pictures = [np.asarray(Image.open(DATA / "rocks.jpg").convert("RGB").resize((512, 384)))]
     only_rendered = train.DegradedPictures(pictures, seed=1, views=2, length=4, synthetic=1.0)
     photos_only = train.DegradedPictures(pictures, seed=1, views=2, length=4, synthetic=0.0)
-    rendered, targets = only_rendered[0]
-    photo, _ = photos_only[0]
+    rendered, targets, _ = only_rendered[0]
+    photo, *_ = photos_only[0]
     assert rendered.shape == (2, *PATCH_SHAPE) and rendered.dtype == torch.uint8 and targets.shape == (2, 3)
     assert not torch.equal(rendered, photo)
     evidence = DegradationNet.patch_evidence(torch.stack([only_rendered[i][0] for i in range(4)]).flatten(0, 1))

@@ -187,7 +187,7 @@ def test_a_few_training_steps_reduce_the_loss():
     torch.manual_seed(0)
     pictures = [np.asarray(Image.open(p).convert("RGB").resize((512, 384))) for p in sorted(DATA.glob("*.jpg"))]
     dataset = train.DegradedPictures(pictures, seed=3, views=1, length=4)
-    patches, targets = (torch.stack(x).flatten(0, 1) for x in zip(*(dataset[i] for i in range(4))))
+    patches, targets, _ = (torch.stack(x).flatten(0, 1) for x in zip(*(dataset[i] for i in range(4))))
     patches = patches[..., ::2, ::2]  # every other pixel: the same code path at a quarter of the CPU time
     model = train.DegradationNet().to(memory_format=torch.channels_last).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -222,11 +222,12 @@ def test_type_weights_change_the_training_mix_and_refuse_nonsense():
 def test_views_are_turned_windows_of_one_degraded_picture_and_samples_repeat():
     pictures = [np.asarray(Image.open(DATA / "rocks.jpg").convert("RGB").resize((512, 384)))]
     dataset = train.DegradedPictures(pictures, seed=5, views=4, length=8)
-    patches, targets = dataset[2]
+    patches, targets, anchored = dataset[2]
     assert patches.shape == (4, *PATCH_SHAPE) and patches.dtype == torch.uint8
+    assert anchored.shape == (4,) and anchored.dtype == torch.bool and (anchored == anchored[0]).all()
     assert (targets == targets[0]).all()  # one recipe, so one target, for every view
     assert len({v.numpy().tobytes() for v in patches}) == 4  # no view repeats another
-    again, _ = dataset[2]
+    again, *_ = dataset[2]
     assert torch.equal(patches, again)  # a sample is a pure function of (seed, index)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from multiprocessing import Pool
@@ -79,27 +80,79 @@ def generate(args: argparse.Namespace) -> None:
                       f"({len(todo) and (time.perf_counter() - start) / done:.2f} s a picture)", flush=True)
 
 
-class BankPictures(Dataset):
-    """Sample i: patches uint8 [views, K, 3, P, P] and targets float32 [views, 3] from bank picture i mod N,
-    its views cut afresh from generator (seed, i): a picture coming round again gives other patches."""
+def recipe_types(recipe: str) -> list[str]:
+    """The step types of a bank picture's recipe text (repr of training.degradations.Recipe), in chain order."""
+    return re.findall(r"\('([a-z0-9_]+)', ", recipe)
 
-    def __init__(self, folder: Path, seed: int, views: int, length: int) -> None:
+
+def reweighting(types: list[str], weights: dict[str, dict[str, float]],
+                generated: dict[str, dict[str, float]]) -> float:
+    """How much more often a bank picture of these step types is drawn so that the bank, generated with the mix
+    `generated`, is drawn as if made with `weights` (family -> type -> weight, training.degradations.type_weights):
+    per step, the type's share of its family under `weights` over its share under `generated`. Pristine: 1."""
+    factor = 1.0
+    for name in types:
+        family = next(f for f, kinds in generated.items() if name in kinds)
+        new, old = weights[family], generated[family]
+        if old[name] <= 0:
+            raise ValueError(f"the bank holds {name} pictures its own mix gives weight 0")
+        factor *= (new[name] / sum(new.values())) / (old[name] / sum(old.values()))
+    return factor
+
+
+class BankPictures(Dataset):
+    """Sample i: patches uint8 [views, K, 3, P, P], targets float32 [views, 3] and anchored bool [views]
+    (training.train.anchored) from bank picture i mod N, its views cut afresh from generator (seed, i): a picture
+    coming round again gives other patches.
+
+    `weights` (family -> type -> weight, as training.train's --type-weight makes them): the pictures are drawn
+    at random, each with probability in proportion to `reweighting` against the mix the bank was made with
+    (its settings.json), so a bank serves another mix without being made again; None: each in turn.
+    """
+
+    def __init__(self, folder: Path, seed: int, views: int, length: int,
+                 weights: dict[str, dict[str, float]] | None = None) -> None:
+        from training.degradations import type_weights
+
         self.files = sorted(Path(folder).glob("*.png"))
         if not self.files:
             raise ValueError(f"no bank pictures in {folder}: make them with python -m training.bank --out {folder}")
         self.seed, self.views, self.length = seed, views, length
+        self.types = [recipe_types(_text(path)["recipe"]) for path in self.files]
+        self.cumulative = None
+        if weights is not None:
+            settings = Path(folder) / "settings.json"
+            made = json.loads(settings.read_text()).get("type_weight", []) if settings.exists() else []
+            generated = type_weights({k: float(v) for k, _, v in (item.partition("=") for item in made)})
+            self.cumulative = np.cumsum([reweighting(t, weights, generated) for t in self.types])
 
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, index: int):
-        from training.train import cut_views
+    def picture(self, index: int) -> int:
+        """The bank picture sample `index` is cut from."""
+        if self.cumulative is None:
+            return index % len(self.files)
+        draw = np.random.default_rng([self.seed, 2, index]).random() * self.cumulative[-1]
+        return int(np.searchsorted(self.cumulative, draw, "right"))
 
-        with Image.open(self.files[index % len(self.files)]) as image:
+    def __getitem__(self, index: int):
+        from training.train import anchored, cut_views
+
+        which = self.picture(index)
+        with Image.open(self.files[which]) as image:
             targets = np.array(json.loads(image.text["targets"]), dtype=np.float32)
             degraded = np.asarray(image.convert("RGB"))
         patches = cut_views(degraded, self.views, np.random.default_rng([self.seed, 1, index]))
-        return torch.from_numpy(patches), torch.from_numpy(np.repeat(targets[None], self.views, axis=0))
+        return (torch.from_numpy(patches), torch.from_numpy(np.repeat(targets[None], self.views, axis=0)),
+                torch.full((self.views,), anchored(self.types[which])))
+
+
+def _text(path: Path) -> dict[str, str]:
+    """A bank picture's text chunks (targets, recipe), read without decoding its pixels (_write puts them
+    before the image data, where Image.info holds them after the header is read)."""
+    with Image.open(path) as image:
+        return {key: value for key, value in image.info.items() if isinstance(value, str)}
 
 
 def main(argv: list[str] | None = None) -> int:

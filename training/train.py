@@ -55,6 +55,13 @@ BORDER_SHARE = 0.03  # samples framed by uniform borders before they are degrade
 # The trunk's stages in order (DegradationNet.trunk: conv1, bn1, relu, maxpool, layer1..layer4), for --freeze-through.
 FREEZABLE = ("none", "stem", "layer1", "layer2", "layer3")
 _STAGE_END = {"none": 0, "stem": 4, "layer1": 5, "layer2": 6, "layer3": 7}  # trunk modules [0, end) are frozen
+# --anchor's types: those the committed weights already read right on code training never touched (the KADID
+# types, the blur kinds: `training.select` on the committed weights, docs/model.md). A sample whose recipe has
+# only these (or none: pristine) is anchored to the starting weights' scores; codecs and camera noise, which a
+# warm restart is run to change, learn from their targets alone.
+ANCHOR_TYPES = frozenset({
+    "gaussian_blur", "lens_blur", "motion_blur", "resolution_loss", "camera_shake",
+    "white_noise", "colour_noise", "impulse_noise", "multiplicative_noise", "jpeg", "jpeg2000", "pixelate"})
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--pool", type=Path, default=photo_pool.CACHE / "pool", help="photo pool (training.photos)")
 parser.add_argument("--run", type=Path, default=Path("training/runs/default"), help="run directory")
@@ -95,7 +102,11 @@ parser.add_argument("--border", type=float, default=BORDER_SHARE,
                     help="share of samples drawn inside uniform borders (letterbox, pillarbox, canvas)")
 parser.add_argument("--type-weight", action="append", default=[], metavar="TYPE=W",
                     help="a distortion type's weight within its family, in place of training.degradations."
-                    "TYPE_WEIGHTS (1 for most types), e.g. motion_blur=2 (repeatable; validation keeps the default mix)")
+                    "TYPE_WEIGHTS (1 for most types), e.g. motion_blur=2 (repeatable; validation keeps the default mix); "
+                    "with --bank, the bank's pictures are drawn again in these proportions (BankPictures)")
+parser.add_argument("--anchor", type=float, default=0.0, metavar="W",
+                    help="learning without forgetting: on samples whose every step is of an ANCHOR_TYPES type, add W "
+                    "times the cross entropy against the --init weights' own scores (0: off)")
 
 
 # ------------------------------------------------------------------ data
@@ -193,9 +204,17 @@ class DegradedPictures(Dataset):
         return recipe.apply(np.ascontiguousarray(crop), rng), recipe, rng
 
     def __getitem__(self, index: int):
+        """(patches uint8 [views, K, 3, P, P], targets float32 [views, 3], anchored bool [views]: the recipe's
+        types are all ANCHOR_TYPES)."""
         degraded, recipe, rng = self.degraded(index)
         patches = cut_views(degraded, self.views, rng)
-        return torch.from_numpy(patches), torch.from_numpy(np.repeat(recipe.targets()[None], self.views, axis=0))
+        return (torch.from_numpy(patches), torch.from_numpy(np.repeat(recipe.targets()[None], self.views, axis=0)),
+                torch.full((self.views,), anchored(step[0] for step in recipe.steps)))
+
+
+def anchored(types) -> bool:
+    """Whether a recipe of these step types is anchored (--anchor): every one is in ANCHOR_TYPES."""
+    return all(name in ANCHOR_TYPES for name in types)
 
 
 def loader(dataset: Dataset, batch: int, workers: int, start: int = 0, drop_last: bool = True) -> DataLoader:
@@ -213,12 +232,42 @@ def pooled_logits(model: DegradationNet, patches: torch.Tensor) -> torch.Tensor:
     return model.pool(model.patch_logits(flat).unflatten(0, patches.shape[:2]).float(), model.patch_evidence(patches))
 
 
-def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Binary cross entropy over the pictures that hold evidence; a flat one (logit -inf, a fixed score) teaches nothing."""
+def pooled_logits_and_teacher(model: DegradationNet, teacher: DegradationNet, patches: torch.Tensor,
+                              frozen_end: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """pooled_logits of `model` and, without gradients, of `teacher` (each [B, 3]) for uint8 patches
+    [B, K, 3, P, P]. The trunk's first `frozen_end` modules are frozen in `model` (freeze(), in eval mode), so
+    they are the teacher's own: their features are computed once and go on through each network's rest."""
+    flat = patches.flatten(0, 1).contiguous(memory_format=torch.channels_last)
+    evidence = model.patch_evidence(patches)
+
+    def rest(network: DegradationNet, features: torch.Tensor) -> torch.Tensor:
+        features = network.trunk[frozen_end:](features)
+        logits = torch.cat([head(features).mean(dim=(2, 3)) for head in network.heads], dim=1)
+        return network.pool(logits.unflatten(0, patches.shape[:2]).float(), evidence)
+
+    with torch.no_grad():
+        shared = model.trunk[:frozen_end](flat * model.scale - model.shift)
+        teacher_logits = rest(teacher, shared)
+    return rest(model, shared), teacher_logits
+
+
+def loss_fn(logits: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Binary cross entropy over the pictures that hold evidence; a flat one (logit -inf, a fixed score) teaches nothing.
+    logits, targets (in [0, 1]): float [B, 3]; rows: bool [B], the pictures counted (None: all); 0-dim mean."""
     keep = torch.isfinite(logits)
+    if rows is not None:
+        keep = keep & rows[:, None]
     per_score = torch.nn.functional.binary_cross_entropy_with_logits(
         torch.where(keep, logits, torch.zeros_like(logits)), targets, reduction="none")
     return (per_score * keep).sum() / keep.sum().clamp_min(1)
+
+
+def anchor_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Learning without forgetting (Li & Hoiem, ECCV 2016): cross entropy of the network's pooled logits [B, 3]
+    against the starting weights' scores sigmoid(teacher_logits) [B, 3], on the anchored pictures `rows` (bool
+    [B]) that hold evidence; 0 when none is anchored."""
+    soft = torch.sigmoid(torch.where(torch.isfinite(teacher_logits), teacher_logits, torch.zeros_like(teacher_logits)))
+    return loss_fn(torch.where(torch.isfinite(teacher_logits), logits, torch.full_like(logits, -torch.inf)), soft, rows)
 
 
 def set_training_mode(model: DegradationNet, bn: str = "train", freeze_through: str = "none") -> None:
@@ -246,7 +295,7 @@ def validate(model: DegradationNet, batches: list, device: str, autocast) -> dic
     """Loss, MAE and SRCC per family on the validation batches, in eval mode (the caller restores its own mode)."""
     model.eval()
     scores, targets, losses = [], [], []
-    for patches, target in batches:
+    for patches, target, _ in batches:
         patches, target = patches.flatten(0, 1), target.flatten(0, 1)  # [B, views, ...] -> [B * views, ...]
         with autocast:
             logits = pooled_logits(model, patches.to(device, non_blocking=True))
@@ -352,10 +401,19 @@ def main(argv: list[str] | None = None) -> int:
             ema.load_state_dict(checkpoint["ema"])
         step, elapsed_before, cpu_before = checkpoint["step"], checkpoint["elapsed"], checkpoint.get("cpu_s", 0.0)
 
+    # --anchor: the starting weights, fixed, whose scores the anchored samples keep (anchor_loss).
+    teacher = None
+    if args.anchor:
+        if not args.init:
+            parser.error("--anchor needs --init: the weights whose scores anchored samples keep")
+        teacher = build_model(str(args.init)).float().to(device).to(memory_format=torch.channels_last).eval()
+        teacher.requires_grad_(False)
+
     t0 = time.perf_counter()
     length = args.steps * args.batch
     if args.bank:
-        train_set = BankPictures(args.bank, args.seed, args.views, length)
+        train_set = BankPictures(args.bank, args.seed, args.views, length,
+                                 weights if args.type_weight else None)
         print(f"bank {args.bank}: {len(train_set.files)} degraded pictures", flush=True)
     else:
         train_set = DegradedPictures(load_pictures(args.pool, "train"), args.seed, args.views, length, weights,
@@ -402,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     last_validation = last_checkpoint = last_print = time.perf_counter()
     window = {"loss": 0.0, "n": 0, "wait": 0.0, "pictures": 0, "t": time.perf_counter()}
     wait_start = time.perf_counter()
-    for patches, targets in loader(train_set, args.batch, args.workers, start=step * args.batch):
+    for patches, targets, anchor_rows in loader(train_set, args.batch, args.workers, start=step * args.batch):
         window["wait"] += time.perf_counter() - wait_start
         p = progress()
         if p >= 1.0:
@@ -412,7 +470,13 @@ def main(argv: list[str] | None = None) -> int:
         patches = patches.to(device, non_blocking=True).flatten(0, 1)  # [B * views, K, 3, P, P]
         targets = targets.to(device, non_blocking=True).flatten(0, 1)
         with autocast:
-            loss = loss_fn(pooled_logits(model, patches), targets)
+            if teacher is None:
+                loss = loss_fn(pooled_logits(model, patches), targets)
+            else:
+                logits, teacher_logits = pooled_logits_and_teacher(model, teacher, patches,
+                                                                   _STAGE_END[args.freeze_through])
+                anchor_rows = anchor_rows.to(device).flatten(0, 1)
+                loss = loss_fn(logits, targets) + args.anchor * anchor_loss(logits, teacher_logits, anchor_rows)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
