@@ -19,7 +19,7 @@ import json
 import re
 import sys
 import time
-from multiprocessing import Pool
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +72,8 @@ def generate(args: argparse.Namespace) -> None:
     print(f"{args.count - len(todo)} pictures already in {args.out}, {len(todo)} to make", flush=True)
     settings = {k: v for k, v in vars(args).items()}
     start, done = time.perf_counter(), 0
-    with Pool(args.workers, initializer=_init, initargs=(settings,)) as pool:
+    # spawned, not forked: see training.real_pipelines.build_set
+    with get_context("spawn").Pool(args.workers, initializer=_init, initargs=(settings,)) as pool:
         for seconds in pool.imap_unordered(_make, todo, chunksize=4):
             done += 1
             if done % 100 == 0 or done == len(todo):

@@ -40,7 +40,7 @@ import argparse
 import json
 import sys
 from dataclasses import dataclass, field
-from multiprocessing import Pool
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -123,10 +123,10 @@ def _distort(job: tuple[np.ndarray, int, str, str | None, int]) -> np.ndarray:
 
 
 def one_thread(_worker_id: int = 0) -> None:
-    """In a forked worker (a Pool's or a DataLoader's): one torch thread, one core per worker.
+    """In a worker (a Pool's or a DataLoader's): one torch thread, one core per worker.
 
-    A forked child must not enter the OpenMP pool its parent started (it hangs), and torch's FFT
-    blurs run in every worker.
+    A forked child (a DataLoader's) must not enter the OpenMP pool its parent started (it hangs), and
+    torch's FFT blurs run in every worker.
     """
     import torch
 
@@ -145,7 +145,8 @@ def build_set(references: Sequence[np.ndarray], workers: int = 1,
                 entries.append(Entry(photo, kind, level))
                 jobs.append((picture, photo, implementation, kind.name, level))
     if workers > 1:
-        with Pool(workers, initializer=one_thread) as pool:
+        # spawned, not forked: see training.real_pipelines.build_set
+        with get_context("spawn").Pool(workers, initializer=one_thread) as pool:
             pictures = pool.map(_distort, jobs, chunksize=4)
     else:
         pictures = [_distort(job) for job in jobs]

@@ -50,7 +50,7 @@ import os
 import sys
 import tempfile
 from dataclasses import dataclass, field
-from multiprocessing import Pool
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -610,10 +610,23 @@ def build_set(references: Sequence[np.ndarray], workers: int = 1, cache_dir: Pat
     jobs = [(rgb, pipeline, level, photo, cache_dir)
             for photo, rgb in enumerate(references, first_photo) for pipeline in pipelines for level in LEVELS]
     if workers > 1:
-        # No cv2.setNumThreads(1) in the workers: in a child forked after the parent used OpenCV's threads
-        # it never returns (OpenCV 4.11). The encoders run on one thread each (VIDEO_CODECS, max_threads).
-        with Pool(workers) as pool:
-            results = pool.map(_pipeline_job, jobs, chunksize=1)
+        # Spawned, not forked: a child forked from a parent that already runs threads (OpenCV's pool, torch's,
+        # gRPC's in a test session) can wait for ever on a lock held at the fork (a CI run hung here, in
+        # test_a_pool_of_workers_makes_the_same_pictures). The encoders run on one thread each (VIDEO_CODECS).
+        # ... and each worker starts with one thread in OpenCV, OpenBLAS and OpenMP (their pools are sized when
+        # the libraries load, from these variables): two workers' pools on two cores also hung at a futex.
+        single = {"OPENCV_FOR_THREADS_NUM": "1", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+        saved = {k: os.environ.get(k) for k in single}
+        os.environ.update(single)
+        try:
+            with get_context("spawn").Pool(workers) as pool:
+                results = pool.map(_pipeline_job, jobs, chunksize=1)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k)
+                else:
+                    os.environ[k] = v
     else:
         results = [_pipeline_job(job) for job in jobs]
     made = {(job[3], job[2], name): picture for job, (out, _, _) in zip(jobs, results) for name, picture in out.items()}
