@@ -2,6 +2,7 @@
 # The full training run, ON the GPU machine (device tool), from the repository root. Prepare here:
 #   python -m training.photos --pack .train-carry/pack.tar
 #   xz -T0 -c training/weights/iqa_resnet50.fp16.pt > .train-carry/init.fp16.pt.xz   # to warm-restart from it
+#     (or an uncompressed .train-carry/init.fp16.pt, e.g. joined there from parts carried in two calls)
 #   mv training/weights/iqa_resnet50.fp16.pt /tmp/   # the 64 MiB tree cannot hold it twice; git checkout restores it
 #   mkdir -p .train-carry/fonts && cp /usr/share/fonts/truetype/dejavu/*.ttf .train-carry/fonts/   # ~6 MB, optional:
 #     training.synthetic renders its text pages in every font it finds ($IQA_FONTS), else in Pillow's own one only
@@ -34,9 +35,13 @@ init=()
 if [ -f "$carry/init.fp16.pt.xz" ]; then
   "$python" -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
     "$carry/init.fp16.pt.xz" "$work/init.fp16.pt" || exit 2
-  init=(--init "$work/init.fp16.pt" --lr "${LR:-1e-3}" --warmup 0.05)
+elif [ -f "$carry/init.fp16.pt" ]; then  # uncompressed (e.g. joined from parts carried in two calls)
+  cp "$carry/init.fp16.pt" "$work/init.fp16.pt" || exit 2
 fi
-export PYTHONPATH=$PWD:$PWD/client PYTHONUNBUFFERED=1
+if [ -f "$work/init.fp16.pt" ]; then init=(--init "$work/init.fp16.pt" --lr "${LR:-1e-3}" --warmup 0.05); fi
+# An existing PYTHONPATH stays behind the repository: carried wheels installed with pip --target (PyAV,
+# pillow-heif, Pillow with AVIF: the codec types of the mix) are found there.
+export PYTHONPATH=$PWD:$PWD/client${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 if [ -d "$carry/fonts" ]; then IQA_FONTS=$(cd "$carry/fonts" && pwd); export IQA_FONTS; fi
 implementations=own
 if "$python" -c "import cv2, skimage, scipy" 2>/dev/null; then implementations=own,reference; fi
