@@ -79,7 +79,7 @@ DECODE_PIXEL_BUDGET = MAX_IMAGE_PIXELS
 MAX_REQUEST_ROWS = 8
 # The largest request body: MAX_REQUEST_ROWS images of MAX_IMAGE_BYTES, each with the 4-byte length
 # Triton's BYTES elements carry. Triton >= 2.59 refuses larger HTTP inputs with --http-max-input-size
-# (the image's loopback HTTP); no Triton release limits gRPC (2 GiB), see iqa.serving.watchdog.confine_regions.
+# (the image's loopback HTTP); no Triton release limits gRPC (2 GiB), see iqa.serving.watchdog.confined.
 MAX_REQUEST_BYTES = MAX_REQUEST_ROWS * (MAX_IMAGE_BYTES + 4)
 NETWORK_MAX_BATCH = 32  # images per execution of iqa_resnet50 (GPU-sized; its own dynamic batching)
 

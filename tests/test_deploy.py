@@ -600,7 +600,7 @@ def test_ports_agree_everywhere(compose, manifests):
     assert {name: int(options[f"--{name}-port"][0]) for name in PORTS} == PORTS
     assert options["--http-port"] == [str(HTTP_PORT)] and options["--http-address"] == ["127.0.0.1"]
     # Triton 2.73 (the image) refuses HTTP bodies above this before any model sees them (--http-max-input-size,
-    # from 2.59 on); gRPC has no such limit in any release, and confine_regions keeps a region from growing.
+    # from 2.59 on); gRPC has no such limit in any release, and watchdog.confined keeps a region from growing.
     assert options["--http-max-input-size"] == [str(contract.MAX_REQUEST_BYTES)]
     assert options["--metrics-address"] == ["0.0.0.0"], "metrics would follow --http-address to the loopback"
     assert Ports() == Ports(http=HTTP_PORT, **PORTS), "the local launcher's defaults"

@@ -80,10 +80,25 @@ def test_a_platform_name_given_as_the_backend_fails_the_load(tmp_path):
     log = tmp_path / "tritonserver.log"
     server = TritonServer(repository=source, run_dir=tmp_path / "run", ports=Ports(*free_ports(3)), log_file=log,
                           exit_timeout_s=5, ready_timeout_s=120, config_edit=without_warmup())
-    with pytest.raises(LaunchError, match="exited with code 1 before it was ready"):
+    with pytest.raises(LaunchError, match="exited with code 1 before it was ready") as raised:
         with server:
             pass
     assert "unable to find backend library for backend 'pytorch_libtorch'" in log.read_text()
+    # The error carries the end of the log, so a CI report shows why without the log file.
+    assert "failed to load all models" in str(raised.value)
+
+
+def test_a_server_not_ready_in_time_is_stopped_and_the_error_names_what_was_not_ready(tmp_path):
+    """No server loads its models within a second: the launcher stops it and says which checks still failed,
+    with the end of the log (a CI run once saw only "not ready within 120 s")."""
+    log = tmp_path / "tritonserver.log"
+    server = TritonServer(run_dir=tmp_path / "run", ports=Ports(*free_ports(3)), log_file=log,
+                          exit_timeout_s=10, ready_timeout_s=1, config_edit=without_warmup())
+    with pytest.raises(LaunchError, match=r"not ready within 1 s \(still not ready: [^)]*models/") as raised:
+        with server:
+            pass
+    assert "its last" in str(raised.value) and str(log) in str(raised.value)
+    assert server.process.poll() is not None, "the server that was not ready in time still runs"
 
 
 def _largest_image() -> bytes:
@@ -158,7 +173,7 @@ def test_an_image_just_over_the_limit_is_refused_by_name_and_its_batch_mates_are
 def test_a_request_larger_than_a_region_fails_without_growing_it_and_the_server_carries_on(client, triton):
     """Triton has no gRPC request-size limit (2 GiB messages): a request larger than a whole region reaches
     the Python backend, which would grow the region past /dev/shm (SIGBUS, an evicted pod). The launcher
-    caps the server's file sizes at the region size (watchdog.confine_regions): the execution fails with
+    caps the server's file sizes at the region size (watchdog.confined): the execution fails with
     an error, no region grows, and the next request is scored."""
     with pytest.raises(InferenceServerException) as refused:
         client.infer(contract.ENSEMBLE_MODEL, [image_tensor([_padded(contract.SHM_DEFAULT_BYTES)])], client_timeout=300)

@@ -1,9 +1,10 @@
 """The watchdog's own decisions, checked without a server (tests/test_faults.py runs it against one)."""
 
-import functools
 import json
+import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -18,7 +19,7 @@ from iqa.serving.watchdog import (
     HealthServer,
     Probe,
     Watchdog,
-    confine_regions,
+    confined,
     remove_regions,
     shm_region_bytes,
     shm_region_prefix,
@@ -99,19 +100,37 @@ def test_stale_regions_are_found_by_the_prefix_on_the_server_command_line(tmp_pa
 
 
 def test_the_region_size_on_the_command_line_caps_what_the_server_process_may_grow_a_file_to(tmp_path):
-    """What confine_regions does to the server: a file (a region) may be created at the start size, but
-    growing it fails with EFBIG instead of SIGXFSZ killing the process."""
+    """What confined does to the server: a file (a region) may be created at the start size, but growing
+    it fails with EFBIG instead of SIGXFSZ killing the process; the process keeps the pid Popen gave."""
     region = 1024 * 1024
     command = ["tritonserver", f"--backend-config=python,shm-default-byte-size={region}"]
     assert shm_region_bytes(command) == region and shm_region_bytes(command[:1]) is None
     path = tmp_path / "region"
     grow = (f"import os\nf = os.open({str(path)!r}, os.O_RDWR | os.O_CREAT)\nos.ftruncate(f, {region})\n"
-            f"try:\n    os.ftruncate(f, {region} + 16 * 1024 * 1024)\nexcept OSError as err:\n    print(err.errno)\n")
-    done = subprocess.run([sys.executable, "-c", grow], capture_output=True, text=True, timeout=60,
-                          preexec_fn=functools.partial(confine_regions, region))
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "27"  # EFBIG
+            f"try:\n    os.ftruncate(f, {region} + 16 * 1024 * 1024)\nexcept OSError as err:\n    print(err.errno)\n"
+            f"print(os.getpid())\n")
+    process = subprocess.Popen(confined([sys.executable, "-c", grow], region), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert out.split() == ["27", str(process.pid)]  # EFBIG, in the very process Popen started
     assert path.stat().st_size == region
+    assert confined(command, None) == command
+
+
+def test_a_confined_server_dies_with_the_thread_that_started_it(tmp_path):
+    """die_with_parent: the started process gets SIGTERM when the thread that started it ends (what keeps a
+    killed launcher from leaving a server behind), with no Python code run between fork and exec."""
+    started = {}
+
+    def start():
+        started["process"] = subprocess.Popen(confined(["sleep", "60"], None, die_with_parent=True))
+        time.sleep(0.5)  # let setpriv exec sleep before this thread ends
+
+    thread = threading.Thread(target=start)
+    thread.start()
+    thread.join()
+    assert started["process"].wait(timeout=30) == -signal.SIGTERM
 
 
 def test_real_requests_that_succeed_stand_in_for_probes_and_failures_or_idleness_call_for_one():

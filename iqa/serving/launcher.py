@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import functools
 import json
 import logging
 import os
@@ -60,7 +59,7 @@ from iqa.serving.watchdog import (
     HealthServer,
     Watchdog,
     answers_200,
-    confine_regions,
+    confined,
     remove_regions,
     shm_region_bytes,
 )
@@ -494,13 +493,13 @@ class TritonServer:
         output = open(self.log_file, "ab") if self.log_file else None
         try:
             # Own session: a Ctrl-C in the terminal reaches the launcher, which drains the server itself.
-            self.process = subprocess.Popen(args, env=env, stdout=output, stderr=subprocess.STDOUT if output else None,
-                                            start_new_session=True,
-                                            preexec_fn=functools.partial(_prepare_server_process, shm_region_bytes(args)))
+            self.process = subprocess.Popen(confined(args, shm_region_bytes(args), die_with_parent=True), env=env,
+                                            stdout=output, stderr=subprocess.STDOUT if output else None,
+                                            start_new_session=True)
         finally:
             if output:
                 output.close()
-        # If this process is killed, the server gets SIGTERM (_terminate_with_parent) and exits, but a
+        # If this process is killed, the server gets SIGTERM (watchdog.confined: setpriv --pdeathsig) and exits, but a
         # Python-backend stub still starting then can deadlock in its own exit and live on, orphaned
         # (seen: the network's stub, ~1 GB, when the launcher was killed during start-up). The janitor
         # outlives this process: once both it and the server are gone, it kills what is left of the
@@ -516,18 +515,34 @@ class TritonServer:
         deadline = started + self.ready_timeout_s
         urls = [f"http://{self.http_url}/v2/health/ready"] + [
             f"http://{self.http_url}/v2/models/{m}/ready" for m in MODELS]
+        not_ready = urls
         while time.monotonic() < deadline:
             if self.process is None or self.process.poll() is not None:
                 code = None if self.process is None else self.process.returncode
-                where = f" (its log: {self.log_file})" if self.log_file else ""
-                raise LaunchError(f"tritonserver exited with code {code} before it was ready{where}")
-            if all(answers_200(url) for url in urls):
+                raise LaunchError(f"tritonserver exited with code {code} before it was ready{self._log_tail()}")
+            not_ready = [url for url in urls if not answers_200(url)]
+            if not not_ready:
                 log.info("ready %.1f s after start (models loaded and warmed up): gRPC %s, HTTP %s, metrics 127.0.0.1:%d",
                          time.monotonic() - started, self.grpc_url, self.http_url, self.ports.metrics)
                 return
             time.sleep(0.5)
         self.stop()
-        raise LaunchError(f"tritonserver was not ready within {self.ready_timeout_s:.0f} s")
+        waiting = ", ".join(url.split("/v2/", 1)[1] for url in not_ready)
+        raise LaunchError(f"tritonserver was not ready within {self.ready_timeout_s:.0f} s (still not ready: {waiting})"
+                          f"{self._log_tail()}")
+
+    def _log_tail(self, lines: int = 20) -> str:
+        """The end of the server's log for an error message: where it is and its last `lines` lines."""
+        if not self.log_file:
+            return ""
+        try:
+            with open(self.log_file, "rb") as log_file:
+                log_file.seek(0, os.SEEK_END)
+                log_file.seek(max(0, log_file.tell() - 16384))
+                tail = log_file.read().decode("utf-8", "replace").splitlines()[-lines:]
+        except OSError as err:
+            return f" (its log {self.log_file} could not be read: {err})"
+        return f" (its log: {self.log_file}; its last {len(tail)} lines:\n" + "\n".join(tail) + ")"
 
     def start_watchdog(self) -> None:
         """Watch the ready server (reload dead stubs) and serve /ready and /live on health_port."""
@@ -672,22 +687,6 @@ def _process_exists(pid: int) -> bool:
 _JANITOR = ('while kill -0 "$1" 2>/dev/null; do sleep 1; done; '
             'while kill -0 "$2" 2>/dev/null; do sleep 1; done; '
             'kill -KILL "-$2" 2>/dev/null; rm -f /dev/shm/"$3"*')
-
-
-def _prepare_server_process(region_bytes: int) -> None:
-    """In the child before exec: die with the launcher, and keep every Python-backend region at the
-    size it starts with (watchdog.confine_regions: an oversized request fails, no region grows)."""
-    _terminate_with_parent()
-    confine_regions(region_bytes)
-
-
-def _terminate_with_parent() -> None:
-    """In the child before exec: SIGTERM the server if its parent dies, so no server outlives
-    a killed launcher, test run or benchmark (Linux prctl PR_SET_PDEATHSIG)."""
-    import ctypes
-
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def score_sample(grpc_url: str, image: Path) -> dict[str, float]:

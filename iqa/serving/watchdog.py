@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import re
-import resource
 import secrets
 import signal
 import struct
@@ -430,24 +429,46 @@ def shm_region_bytes(command: list[str]) -> int | None:
     return sizes[-1] if sizes else None
 
 
-def confine_regions(region_bytes: int) -> None:
-    """Run in the server's process before exec (Popen preexec_fn): no Python-backend region can grow
-    past its start size, so an oversized request fails instead of taking the pod's memory.
+def confined(command: list[str], region_bytes: int | None, *, die_with_parent: bool = False) -> list[str]:
+    """`command` (a tritonserver command line) behind small util-linux programs that, from their exec on,
+    keep every Python-backend region at the size it starts with (`region_bytes`; an oversized request
+    fails, no region grows) and, with `die_with_parent`, SIGTERM the server when the thread that
+    started it ends (Linux PR_SET_PDEATHSIG: no server outlives a killed launcher, test run or benchmark).
+    Each step execs the next, so the process keeps its pid.
 
-    Triton has no request-size limit in front of the Python backend: gRPC takes messages up to 2 GiB
-    (server src/common.h MAX_GRPC_MESSAGE_SIZE = INT32_MAX, src/grpc/grpc_server.cc SetMaxMessageSize;
-    2.51 and 2.73 alike), HTTP has --http-max-input-size only from 2.59 on (server commit af8bb9302), and
-    the backend copies every input into its instance's region before model code sees it (python_backend
-    src/python_be.cc GetInputTensor -> PbTensor::SaveToSharedMemory), growing the region by ftruncate
-    when it does not fit (src/shm_manager.h Construct -> GrowIfNeeded), with no upper bound. A region is
-    a file: with RLIMIT_FSIZE at the start size that ftruncate fails with EFBIG (Linux
-    inode_newsize_ok; SIGXFSZ, which would kill the server, is ignored here and stays ignored across
-    exec), the backend reports "Failed to increase the shared memory pool size" for that execution,
-    and the server and its other executions carry on. Files the server writes are capped alike (its
-    log, when stdout is a file: keep it below the region size).
+    Why a region must not grow: Triton has no request-size limit in front of the Python backend: gRPC
+    takes messages up to 2 GiB (server src/common.h MAX_GRPC_MESSAGE_SIZE = INT32_MAX, src/grpc/grpc_server.cc
+    SetMaxMessageSize; 2.51 and 2.73 alike), HTTP has --http-max-input-size only from 2.59 on (server
+    commit af8bb9302), and the backend copies every input into its instance's region before model code
+    sees it (python_backend src/python_be.cc GetInputTensor -> PbTensor::SaveToSharedMemory), growing
+    the region by ftruncate when it does not fit (src/shm_manager.h Construct -> GrowIfNeeded), with no
+    upper bound. A region is a file: with RLIMIT_FSIZE at the start size (`prlimit --fsize`) that
+    ftruncate fails with EFBIG (Linux inode_newsize_ok; SIGXFSZ, which would kill the server, is ignored
+    by the shell step and stays ignored across exec), the backend reports "Failed to increase the
+    shared memory pool size" for that execution, and the server and its other executions carry on.
+    Files the server writes are capped alike (its log, when stdout is a file: keep it below the region size).
+
+    Why programs and not a Popen preexec_fn (what this did before): Python code between fork and exec
+    can deadlock in a process with other threads (Python's subprocess docs: "not safe in the presence of
+    threads"); a CI run's server restart, started while a client thread's gRPC calls were retrying,
+    was never ready in 120 s.
+
+    Raises FileNotFoundError naming the program when `prlimit` or `setpriv` (util-linux, in every Debian
+    and Ubuntu base image) is missing.
     """
-    resource.setrlimit(resource.RLIMIT_FSIZE, (region_bytes, region_bytes))
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    import shutil
+
+    needed = (["prlimit"] if region_bytes else []) + (["setpriv"] if die_with_parent else [])
+    for program in needed:
+        if shutil.which(program) is None:
+            raise FileNotFoundError(f"{program} (util-linux) is not on PATH: it starts tritonserver confined")
+    prefix: list[str] = []
+    if region_bytes:
+        prefix += ["/bin/sh", "-c", 'trap "" XFSZ; exec "$@"', "iqa-confine",
+                   "prlimit", f"--fsize={region_bytes}:{region_bytes}", "--"]
+    if die_with_parent:
+        prefix += ["setpriv", "--pdeathsig", "TERM", "--"]
+    return prefix + list(command)
 
 
 def shm_region_prefix(command: list[str]) -> str | None:
@@ -511,8 +532,7 @@ def main(argv: list[str] | None = None) -> int:
                         "remove them): %s", len(stale), SHM_DIR, ", ".join(sorted(stale)))
     access = AdminAccess()
     region_bytes = shm_region_bytes(command)
-    server = subprocess.Popen([*command, *access.server_flags()],
-                              preexec_fn=(lambda: confine_regions(region_bytes)) if region_bytes else None)
+    server = subprocess.Popen(confined([*command, *access.server_flags()], region_bytes))
     http_url = f"127.0.0.1:{args.http_port}"
     watchdog = Watchdog(http_url, server.pid, access, give_up_after_s=args.give_up_after)
     health = HealthServer(watchdog, args.health_port).start()
