@@ -149,3 +149,27 @@ def test_the_anchor_needs_the_weights_it_keeps(tmp_path):
     with pytest.raises(SystemExit):
         train.main(["--pool", str(_toy_pool(tmp_path)), "--run", str(tmp_path / "run"), "--device", "cpu",
                     "--steps", "1", "--anchor", "1"])
+
+
+def test_interpolated_weights_lie_between_the_two_networks_and_mismatches_are_refused(tmp_path):
+    """training.interpolate (WiSE-FT): alpha 0 and 1 give the two networks back, 0.5 their mean, in A's dtype;
+    batch-norm counters come from B; other tensors or shapes are refused."""
+    from training.interpolate import interpolate, main
+
+    a = {"w": torch.tensor([0.0, 2.0], dtype=torch.float16), "bn.num_batches_tracked": torch.tensor(3)}
+    b = {"w": torch.tensor([1.0, 4.0], dtype=torch.float16), "bn.num_batches_tracked": torch.tensor(9)}
+    assert torch.equal(interpolate(a, b, 0.0)["w"], a["w"]) and torch.equal(interpolate(a, b, 1.0)["w"], b["w"])
+    half = interpolate(a, b, 0.5)
+    assert half["w"].tolist() == [0.5, 3.0] and half["w"].dtype == torch.float16
+    assert half["bn.num_batches_tracked"].item() == 9
+    with pytest.raises(ValueError, match="alpha"):
+        interpolate(a, b, 1.5)
+    with pytest.raises(ValueError, match="different tensors"):
+        interpolate(a, {"w": b["w"]}, 0.5)
+    with pytest.raises(ValueError, match="shape"):
+        interpolate(a, {**b, "w": torch.zeros(3, dtype=torch.float16)}, 0.5)
+    torch.save(a, tmp_path / "a.pt")
+    torch.save(b, tmp_path / "b.pt")
+    assert main([str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "--alpha", "0.25", "--out-dir", str(tmp_path / "o")]) == 0
+    written = torch.load(tmp_path / "o" / "alpha-0.25.fp16.pt", weights_only=True)
+    assert written["w"].tolist() == [0.25, 2.5]
