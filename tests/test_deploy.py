@@ -316,9 +316,10 @@ def test_prove_script_passes_shellcheck():
     assert os.access(DOCKER / "prove.sh", os.X_OK)
 
 
-def test_the_gpu_training_script_passes_shellcheck():
-    """training/gpu_run.sh runs where a mistake costs scarce GPU time (tests/test_training.py runs it on the CPU)."""
-    result = run(command(SHELLCHECK, REPO / "training" / "gpu_run.sh"))
+def test_the_gpu_training_scripts_pass_shellcheck():
+    """training/gpu_run.sh runs where a mistake costs scarce GPU time, gpu_prepare.sh readies its two calls
+    (tests/test_training.py runs both on the CPU)."""
+    result = run(command(SHELLCHECK, REPO / "training" / "gpu_run.sh", REPO / "training" / "gpu_prepare.sh"))
     assert result.returncode == 0, result.stdout
 
 
@@ -330,7 +331,7 @@ def test_docker_readme_gives_the_offline_checks_as_these_tests_run_them(kustomiz
                 " ".join(['.venv-deploy/bin/' + KUBERNETES_VALIDATE[0], *KUBERNETES_VALIDATE[1:],
                           *(f"docker/k8s/{name}" for name in kustomization["resources"])]),
                 f"{env} {' '.join(['.venv-deploy/bin/' + CHECKOV[0], *CHECKOV[1:]])}",
-                f"{' '.join(['.venv-deploy/bin/' + SHELLCHECK[0], *SHELLCHECK[1:]])} docker/prove.sh training/gpu_run.sh",
+                f"{' '.join(['.venv-deploy/bin/' + SHELLCHECK[0], *SHELLCHECK[1:]])} docker/prove.sh training/gpu_run.sh training/gpu_prepare.sh",
                 "make deploy-check"]
     for line in expected:
         assert line in text, f"docker/README.md does not give: {line}"

@@ -359,3 +359,36 @@ def test_the_loader_benchmark_times_both_mixes_and_trains_nothing(tmp_path, caps
     assert [line.split(":")[0] for line in lines] == [f"--synthetic {train.SYNTHETIC_SHARE}", "--synthetic 0"]
     assert all("ms per degraded picture" in line for line in lines)
     assert not (run / "log.jsonl").exists()
+
+
+def test_the_two_call_preparation_splits_the_weights_and_the_device_script_joins_them(tmp_path):
+    """training/gpu_prepare.sh (without wheels, on a toy pool) then what its two device calls do, here: the
+    12 MiB parts join back into init.fp16.pt, gpu_run.sh warm-restarts from that uncompressed file, and a
+    PYTHONPATH set by the caller (where call 1 installs the codec wheels) still reaches training."""
+    init = tmp_path / "init.fp16.pt"
+    train.save_weights_fp16(build_model(seed=7), init)
+    prepared = subprocess.run(["bash", "training/gpu_prepare.sh", str(init)], cwd=ROOT, capture_output=True, text=True,
+                              timeout=600, env={**os.environ, "DEST": str(tmp_path), "WHEELS": "", "PYTHON": sys.executable,
+                                                "POOL": str(_toy_pool(tmp_path))})
+    assert prepared.returncode == 0, prepared.stdout[-3000:] + prepared.stderr[-3000:]
+    assert "call 1 sends" in prepared.stdout and "gpu_run.sh" in prepared.stdout
+    carry = tmp_path / ".train-carry"
+    first = tmp_path / ".gpu-part1" / "part-aa"
+    rest = sorted(carry.glob("part-a?"))
+    assert first.stat().st_size == 12 * 1024 * 1024 and rest and (carry / "pack.tar").is_file()
+    (carry / "init.fp16.pt").write_bytes(first.read_bytes() + b"".join(p.read_bytes() for p in rest))
+    for part in rest:
+        part.unlink()
+    assert (carry / "init.fp16.pt").read_bytes() == init.read_bytes()
+    marker_dir = tmp_path / "site"
+    marker_dir.mkdir()
+    (marker_dir / "sitecustomize.py").write_text(  # each Python started with it notes its command line
+        f"with open({str(tmp_path / 'seen')!r}, 'a') as seen:\n"
+        "    seen.write(open('/proc/self/cmdline').read().replace(chr(0), ' ') + chr(10))\n")
+    result, out = _device_script(tmp_path, CARRY=str(carry), LR="0", PYTHONPATH=str(marker_dir),
+                                 TRAIN_ARGS="--steps 1 --validation-pictures 1")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "starting from" in result.stdout and "training.train" in (tmp_path / "seen").read_text()
+    returned = torch.load(io.BytesIO(b"".join(p.read_bytes() for p in sorted(out.glob("weights.fp16.pt.part-*")))))
+    before = torch.load(init)
+    assert all(torch.equal(before[k], returned[k]) for k, v in before.items() if v.ndim > 1)

@@ -7,6 +7,9 @@
 #   mkdir -p .train-carry/fonts && cp /usr/share/fonts/truetype/dejavu/*.ttf .train-carry/fonts/   # ~6 MB, optional:
 #     training.synthetic renders its text pages in every font it finds ($IQA_FONTS), else in Pillow's own one only
 # then: run(command="bash training/gpu_run.sh 8", carry=[".train-carry"], timeout_s=590)
+# The mix's codec types need PyAV, pillow-heif and Pillow 13 there (else they leave the mix with a warning);
+# wheels and weights do not fit one 64 MiB call: `bash training/gpu_prepare.sh` readies two calls and prints
+# them (the wheels installed with pip --target and a part of the weights first, the rest joined at once after).
 # Trains for $1 minutes (bf16, channels_last, $WORKERS loader workers, $VIEWS patch sets per degraded
 # picture), from $CARRY/init.fp16.pt.xz when it is there (a warm restart at $LR), else from
 # scratch. TRAIN_ARGS adds training.train options, e.g. "--type-weight motion_blur=2". EVALUATE=1
