@@ -46,5 +46,5 @@ cat <<'EOF'
 call 1: run(carry=[".whl", ".gpu-part1"], timeout_s=240, command=
   "set -e; mkdir -p /tmp/carry; cp -r .gpu-part1/part-aa .gpu-part1/fonts /tmp/carry/; python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl; PYTHONPATH=/tmp/site:$PWD:$PWD/client python3 -c 'from training.degradations import BY_NAME, missing_libraries as m; print({n: m(n) for n in BY_NAME if m(n)})'")
 call 2 (at once): run(carry=[".train-carry"], timeout_s=590, command=
-  "test -f /tmp/carry/part-aa && test -d /tmp/site/av || { echo the machine is fresh: call 1 again; exit 9; }; cat /tmp/carry/part-aa .train-carry/part-a? > .train-carry/init.fp16.pt && rm .train-carry/part-a? && cp -r /tmp/carry/fonts .train-carry/ && export PYTHONPATH=/tmp/site && LR=5e-4 SEED=4 WORKERS=15 VIEWS=8 TRAIN_ARGS='--anchor 1' bash training/gpu_run.sh 7.5")
+  "test -f /tmp/carry/part-aa && test -d /tmp/site/av || { echo the machine is fresh: call 1 again; exit 9; }; cat /tmp/carry/part-aa .train-carry/part-a? > .train-carry/init.fp16.pt && rm .train-carry/part-a? && cp -r /tmp/carry/fonts .train-carry/ && export PYTHONPATH=/tmp/site && LR=5e-4 SEED=5 WORKERS=15 VIEWS=8 TRAIN_ARGS='--anchor 1 --type-weight motion_blur=2 --type-weight camera_shake=2 --type-weight lens_blur=1.5 --type-weight pixelate=1.5' bash training/gpu_run.sh 7.5")
 EOF
