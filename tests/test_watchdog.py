@@ -8,6 +8,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -124,8 +125,11 @@ def test_a_confined_server_dies_with_the_thread_that_started_it(tmp_path):
     started = {}
 
     def start():
-        started["process"] = subprocess.Popen(confined(["sleep", "60"], None, die_with_parent=True))
-        time.sleep(0.5)  # let setpriv exec sleep before this thread ends
+        process = started["process"] = subprocess.Popen(confined(["sleep", "60"], None, die_with_parent=True))
+        cmdline = Path(f"/proc/{process.pid}/cmdline")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not cmdline.read_bytes().startswith(b"sleep"):
+            time.sleep(0.05)  # setpriv has set PDEATHSIG once it has exec'd sleep: only then may this thread end
 
     thread = threading.Thread(target=start)
     thread.start()
