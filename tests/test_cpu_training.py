@@ -122,6 +122,28 @@ def test_the_teacher_shares_the_frozen_stages_and_nothing_else():
     assert torch.allclose(kept, teacher_logits, atol=1e-6) and not torch.allclose(moved, student, atol=1e-3)
 
 
+def test_a_teacher_of_other_weights_runs_whole_and_its_scores_are_its_own():
+    """--teacher: the teacher's lower stages differ from the student's frozen ones, so it must not reuse them."""
+    torch.manual_seed(0)
+    model, other = build_model(seed=1), build_model(seed=2).eval()
+    train.freeze(model, "layer2")
+    train.set_training_mode(model, "frozen", "layer2")
+    patches = torch.randint(0, 256, (2, 4, 3, 64, 64), dtype=torch.uint8)
+    end = train._STAGE_END["layer2"]
+    student, teacher_logits = train.pooled_logits_and_teacher(model, other, patches, end, shared_stages=False)
+    with torch.no_grad():
+        assert torch.allclose(teacher_logits, train.pooled_logits(other, patches), atol=1e-5)
+    assert torch.allclose(student, train.pooled_logits(model, patches), atol=1e-5)
+    _, reused = train.pooled_logits_and_teacher(model, other, patches, end)  # the shortcut would be wrong here
+    assert not torch.allclose(reused, teacher_logits, atol=1e-3)
+
+
+def test_a_teacher_without_the_anchor_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        train.main(["--teacher", str(WEIGHTS)])
+    assert "--teacher needs --anchor" in capsys.readouterr().err
+
+
 def test_the_cpu_warm_restart_keeps_frozen_stages_and_batch_norm_and_saves_the_ema(toy_bank, tmp_path):
     """The documented CPU restart (--bank, --bn frozen, --ema, --freeze-through, --anchor, --type-weight) at toy
     scale: frozen stages and every batch-norm statistic come out as they went in; the stages above move."""

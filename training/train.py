@@ -107,6 +107,9 @@ parser.add_argument("--type-weight", action="append", default=[], metavar="TYPE=
 parser.add_argument("--anchor", type=float, default=0.0, metavar="W",
                     help="learning without forgetting: on samples whose every step is of an ANCHOR_TYPES type, add W "
                     "times the cross entropy against the --init weights' own scores (0: off)")
+parser.add_argument("--teacher", type=Path, default=None, metavar="WEIGHTS",
+                    help="with --anchor: keep these weights' scores instead of --init's, e.g. a repair run that starts "
+                    "from a GPU run's weights (codecs learnt) and anchors the kinds it lost to the committed ones")
 
 
 # ------------------------------------------------------------------ data
@@ -233,22 +236,26 @@ def pooled_logits(model: DegradationNet, patches: torch.Tensor) -> torch.Tensor:
 
 
 def pooled_logits_and_teacher(model: DegradationNet, teacher: DegradationNet, patches: torch.Tensor,
-                              frozen_end: int) -> tuple[torch.Tensor, torch.Tensor]:
+                              frozen_end: int, shared_stages: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """pooled_logits of `model` and, without gradients, of `teacher` (each [B, 3]) for uint8 patches
-    [B, K, 3, P, P]. The trunk's first `frozen_end` modules are frozen in `model` (freeze(), in eval mode), so
-    they are the teacher's own: their features are computed once and go on through each network's rest."""
+    [B, K, 3, P, P]. The trunk's first `frozen_end` modules are frozen in `model` (freeze(), in eval mode); when
+    the teacher is the starting weights (`shared_stages`) they are the teacher's own, so their features are
+    computed once and go on through each network's rest. A teacher from other weights (--teacher) runs whole."""
     flat = patches.flatten(0, 1).contiguous(memory_format=torch.channels_last)
     evidence = model.patch_evidence(patches)
 
-    def rest(network: DegradationNet, features: torch.Tensor) -> torch.Tensor:
-        features = network.trunk[frozen_end:](features)
+    def rest(network: DegradationNet, features: torch.Tensor, start: int) -> torch.Tensor:
+        features = network.trunk[start:](features)
         logits = torch.cat([head(features).mean(dim=(2, 3)) for head in network.heads], dim=1)
         return network.pool(logits.unflatten(0, patches.shape[:2]).float(), evidence)
 
     with torch.no_grad():
         shared = model.trunk[:frozen_end](flat * model.scale - model.shift)
-        teacher_logits = rest(teacher, shared)
-    return rest(model, shared), teacher_logits
+        if shared_stages:
+            teacher_logits = rest(teacher, shared, frozen_end)
+        else:
+            teacher_logits = rest(teacher, flat * teacher.scale - teacher.shift, 0)
+    return rest(model, shared, frozen_end), teacher_logits
 
 
 def loss_fn(logits: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -354,6 +361,8 @@ def loader_benchmark(args: argparse.Namespace, weights: dict[str, dict[str, floa
 
 def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
+    if args.teacher and not args.anchor:
+        parser.error("--teacher needs --anchor: the teacher's scores are what anchored samples keep")
     if args.loader_benchmark:
         loader_benchmark(args, parse_type_weights(args.type_weight))
         return 0
@@ -406,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.anchor:
         if not args.init:
             parser.error("--anchor needs --init: the weights whose scores anchored samples keep")
-        teacher = build_model(str(args.init)).float().to(device).to(memory_format=torch.channels_last).eval()
+        teacher = build_model(str(args.teacher or args.init)).float().to(device).to(memory_format=torch.channels_last).eval()
         teacher.requires_grad_(False)
 
     t0 = time.perf_counter()
@@ -474,7 +483,8 @@ def main(argv: list[str] | None = None) -> int:
                 loss = loss_fn(pooled_logits(model, patches), targets)
             else:
                 logits, teacher_logits = pooled_logits_and_teacher(model, teacher, patches,
-                                                                   _STAGE_END[args.freeze_through])
+                                                                   _STAGE_END[args.freeze_through],
+                                                                   shared_stages=args.teacher is None)
                 anchor_rows = anchor_rows.to(device).flatten(0, 1)
                 loss = loss_fn(logits, targets) + args.anchor * anchor_loss(logits, teacher_logits, anchor_rows)
         optimizer.zero_grad(set_to_none=True)
