@@ -244,18 +244,15 @@ def pooled_logits_and_teacher(model: DegradationNet, teacher: DegradationNet, pa
     flat = patches.flatten(0, 1).contiguous(memory_format=torch.channels_last)
     evidence = model.patch_evidence(patches)
 
-    def rest(network: DegradationNet, features: torch.Tensor, start: int) -> torch.Tensor:
-        features = network.trunk[start:](features)
+    def rest(network: DegradationNet, features: torch.Tensor) -> torch.Tensor:
+        features = network.trunk[frozen_end:](features)
         logits = torch.cat([head(features).mean(dim=(2, 3)) for head in network.heads], dim=1)
         return network.pool(logits.unflatten(0, patches.shape[:2]).float(), evidence)
 
     with torch.no_grad():
         shared = model.trunk[:frozen_end](flat * model.scale - model.shift)
-        if shared_stages:
-            teacher_logits = rest(teacher, shared, frozen_end)
-        else:
-            teacher_logits = rest(teacher, flat * teacher.scale - teacher.shift, 0)
-    return rest(model, shared, frozen_end), teacher_logits
+        teacher_logits = rest(teacher, shared) if shared_stages else pooled_logits(teacher, patches)
+    return rest(model, shared), teacher_logits
 
 
 def loss_fn(logits: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -271,8 +268,8 @@ def loss_fn(logits: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor | No
 
 def anchor_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Learning without forgetting (Li & Hoiem, ECCV 2016): cross entropy of the network's pooled logits [B, 3]
-    against the starting weights' scores sigmoid(teacher_logits) [B, 3], on the anchored pictures `rows` (bool
-    [B]) that hold evidence; 0 when none is anchored."""
+    against the teacher's scores sigmoid(teacher_logits) [B, 3] (the starting weights', or --teacher's), on the
+    anchored pictures `rows` (bool [B]) that hold evidence; 0 when none is anchored."""
     soft = torch.sigmoid(torch.where(torch.isfinite(teacher_logits), teacher_logits, torch.zeros_like(teacher_logits)))
     return loss_fn(torch.where(torch.isfinite(teacher_logits), logits, torch.full_like(logits, -torch.inf)), soft, rows)
 
