@@ -32,6 +32,7 @@ from iqa_client import (
     ModelError,
     RetryPolicy,
     Scores,
+    ServerError,
     ServerUnreachableError,
 )
 from iqa_client import cli
@@ -640,3 +641,33 @@ def test_an_image_sent_as_text_gets_a_hint_about_its_encoding(client):
     assert max(len(str(e)) for e in (as_path, as_url, as_bytes)) < 400
     with pytest.raises(BadImageError, match="these bytes are a data: URL"):
         client.score(b"data:image/png;base64," + text)
+
+
+def _answer(**outputs: np.ndarray):
+    """A successful answer as tritonclient reads it off the wire: a ModelInferResponse holding these outputs."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.grpc import service_pb2
+
+    response = service_pb2.ModelInferResponse(model_name="iqa_degradation", model_version="1")
+    for name, value in outputs.items():
+        tensor = response.outputs.add(name=name, datatype="FP32", shape=list(value.shape))
+        response.raw_output_contents.append(value.astype(np.float32).tobytes())
+    return grpcclient.InferResult(response)
+
+
+def test_an_answer_without_a_score_output_is_a_server_error_naming_it():
+    # Once seen from the wheel's Triton 2.51 after a cancelled request under load (client.py, _output): the
+    # CLI died with "AttributeError: 'NoneType' object has no attribute 'reshape'".
+    from iqa_client.client import _map, _scores
+
+    whole = _answer(NOISE=np.array([[0.25]]), BLUR=np.array([[0.5]]), COMPRESSION=np.array([[0.75]]))
+    assert _scores(whole, "host:8001", "iqa_degradation") == Scores(0.25, 0.5, 0.75)
+    for answer, missing in ((_answer(), "NOISE"), (_answer(NOISE=np.array([[0.1]]), BLUR=np.array([[0.2]])),
+                                                   "COMPRESSION"),
+                            (_answer(NOISE=np.zeros((1, 0)), BLUR=np.array([[0.2]]), COMPRESSION=np.array([[0.3]])),
+                             "NOISE")):
+        with pytest.raises(ServerError, match=f"model 'iqa_degradation' at host:8001 answered without its {missing} "
+                                              "output$"):
+            _scores(answer, "host:8001", "iqa_degradation")
+    with pytest.raises(ServerError, match="model 'iqa_degradation_map' at host:8001 answered without its "):
+        _map(_answer(), "host:8001", "iqa_degradation_map", b"", None, None)

@@ -1,4 +1,5 @@
-"""The local launcher's own decisions, checked without starting a server."""
+"""The local launcher's own decisions, most checked without starting a server; its start, stop and restart
+against the real tritonserver."""
 
 import http.client
 import re

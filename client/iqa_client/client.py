@@ -125,15 +125,27 @@ _MAP_TYPES = {CELL_SCORES: "FP32", CELL_BOXES: "INT32", GRID: "INT32", IMAGE_SIZ
               **{name: "FP32" for name in SCORE_NAMES}}
 
 
-def _scores(result) -> Scores:
-    noise, blur, compression = (float(result.as_numpy(name).reshape(-1)[0]) for name in SCORE_NAMES)
+def _output(result, name: str, url: str, model: str) -> np.ndarray:
+    """The named output of a successful answer; ServerError if the answer lacks it or it is empty.
+
+    Seen from the pytriton wheel's Triton 2.51 under load after a client cancelled an inference (the suite
+    run on two pytest-xdist workers, BENCHMARKS.md "The test suite's time"): a response with no outputs,
+    shortly before the server crashed; tritonclient's as_numpy then returns None."""
+    value = result.as_numpy(name)
+    if value is None or value.size == 0:
+        raise ServerError(f"model '{model}' at {url} answered without its {name} output")
+    return value
+
+
+def _scores(result, url: str, model: str) -> Scores:
+    noise, blur, compression = (float(_output(result, name, url, model).reshape(-1)[0]) for name in SCORE_NAMES)
     return Scores(noise=noise, blur=blur, compression=compression)
 
 
 def _map(result, url: str, model: str, data: bytes, index, source) -> DegradationMap:
+    outputs = {name: _output(result, name, url, model)[0] for name in MAP_OUTPUTS}
     try:
-        return degradation_map.from_outputs({name: result.as_numpy(name)[0] for name in MAP_OUTPUTS},
-                                            source or "", data)
+        return degradation_map.from_outputs(outputs, source or "", data)
     except ValueError as err:
         raise ServerError(f"model '{model}' at {url} answered a map that breaks its contract: {err}") from None
 
@@ -395,7 +407,8 @@ class IQAClient:
             return err
 
     def _score(self, data: bytes, timeout: float | None, *, index, source) -> Scores:
-        return _scores(self._infer(self.model, _OUTPUTS, data, timeout, index=index, source=source))
+        result = self._infer(self.model, _OUTPUTS, data, timeout, index=index, source=source)
+        return _scores(result, self.url, self.model)
 
     def _score_map(self, data: bytes, timeout: float | None, *, index, source) -> DegradationMap:
         if not self._map_checked:
@@ -625,7 +638,8 @@ class AsyncIQAClient:
             return err
 
     async def _score(self, data: bytes, timeout: float | None, *, index, source) -> Scores:
-        return _scores(await self._infer(self.model, _OUTPUTS, data, timeout, index=index, source=source))
+        result = await self._infer(self.model, _OUTPUTS, data, timeout, index=index, source=source)
+        return _scores(result, self.url, self.model)
 
     async def _score_map(self, data: bytes, timeout: float | None, *, index, source) -> DegradationMap:
         if not self._map_checked:
