@@ -650,7 +650,7 @@ def _answer(**outputs: np.ndarray):
 
     response = service_pb2.ModelInferResponse(model_name="iqa_degradation", model_version="1")
     for name, value in outputs.items():
-        tensor = response.outputs.add(name=name, datatype="FP32", shape=list(value.shape))
+        response.outputs.add(name=name, datatype="FP32", shape=list(value.shape))
         response.raw_output_contents.append(value.astype(np.float32).tobytes())
     return grpcclient.InferResult(response)
 
